@@ -1,0 +1,1 @@
+"""The thin Starlette service: parse and validate, call ``shared``, shape the response."""

@@ -1,0 +1,63 @@
+"""``create_app(settings)``: the Starlette application factory (uvicorn ``--factory`` target)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from arq.connections import ArqRedis
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from service import openapi
+from service.errors import EXCEPTION_HANDLERS
+from service.middleware import RequestContextMiddleware
+from service.routes import health, metrics
+from service.state import AppState
+from shared.config import Settings, load_settings
+from shared.db import Database
+from shared.metrics import Metrics
+from shared.redis_conn import create_redis
+
+ROUTE_MODULES = (health, metrics)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    metrics_registry: Metrics | None = None,
+    database: Database | None = None,
+    redis: ArqRedis | None = None,
+) -> Starlette:
+    """Build the app. Resources may be injected (tests); otherwise they come from ``settings``.
+
+    Nothing is dialled here: the database connects in the background after start-up and Redis
+    connects lazily, so the app answers ``/health/live`` even when both are down.
+    """
+    settings = settings or load_settings()
+    app_metrics = metrics_registry or Metrics()
+    db = database or Database(settings, application_name="fmhl-ops-service", metrics=app_metrics)
+    redis_client = redis or create_redis(
+        settings.require_redis_url(), timeout_seconds=max(settings.health_check_timeout_seconds, 1.0) * 2
+    )
+    state = AppState(settings=settings, metrics=app_metrics, db=db, redis=redis_client)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        db.start()
+        try:
+            yield
+        finally:
+            await db.close()
+            await redis_client.aclose()
+
+    spec = openapi.build_spec([m.OPENAPI_PATHS for m in ROUTE_MODULES] + [openapi.OPENAPI_PATHS])
+    routes = [route for module in ROUTE_MODULES for route in module.ROUTES] + [openapi.openapi_route(spec)]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestContextMiddleware, metrics=app_metrics)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.ops = state
+    return app

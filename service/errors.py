@@ -1,0 +1,67 @@
+"""One JSON error shape for every failure: ``{"error": {"code", "message"}}``.
+
+Domain errors from ``shared`` map to statuses here; Starlette's HTTP errors (404, 405, 413) get
+stable codes. Unexpected errors become a generic 500 in the middleware (no trace or SQL in it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from shared import errors
+
+STATUS_BY_ERROR: dict[type[errors.DomainError], int] = {
+    errors.Invalid: 400,
+    errors.Unauthenticated: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.RateLimited: 429,
+    errors.DependencyUnavailable: 503,
+}
+
+CODE_BY_STATUS = {
+    400: "invalid_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+async def handle_domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.DomainError)
+    status = next((s for cls, s in STATUS_BY_ERROR.items() if isinstance(exc, cls)), 400)
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return error_response(status, exc.code, exc.message, headers)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = CODE_BY_STATUS.get(exc.status_code, "http_error")
+    message = exc.detail if isinstance(exc.detail, str) and exc.detail else code.replace("_", " ")
+    return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    errors.DomainError: handle_domain_error,
+    HTTPException: handle_http_exception,
+}
+# Unexpected exceptions are caught by service.middleware.RequestContextMiddleware, inside the
+# request context, so their log line carries the request id.

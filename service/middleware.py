@@ -1,0 +1,123 @@
+"""ASGI middleware: request id, HTTP metrics, body size limit. Pure ASGI, no per-request objects.
+
+* ``X-Request-ID``: the caller's if valid (1-128 of ``[A-Za-z0-9._-]``) else a fresh UUID; bound
+  as the correlation id for every log line of the request and echoed on the response.
+* Metrics label by route *template* (``scope["route"].path``); unmatched paths share one label.
+* Bodies over ``max_body_bytes`` get 413 before the endpoint sees them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from loguru import logger
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.correlation import accept_or_new, bind_correlation_id, reset_correlation_id
+from shared.metrics import Metrics
+
+MAX_BODY_BYTES = 1024 * 1024
+UNMATCHED_ROUTE = "unmatched"
+
+
+class PayloadTooLarge(Exception):
+    pass
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        raw_id = headers.get(b"x-request-id")
+        request_id = accept_or_new(raw_id.decode("latin-1") if raw_id is not None else None)
+        token = bind_correlation_id(request_id)
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+        received = 0
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = int(message["status"])
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *[(k, v) for k, v in message["headers"] if k.lower() != b"x-request-id"],
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        async def receive_wrapper() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise PayloadTooLarge
+            return message
+
+        try:
+            declared = headers.get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                await self._send_json(send_wrapper, 413, "payload_too_large", "request body exceeds 1 MiB")
+            else:
+                try:
+                    await self.app(scope, receive_wrapper, send_wrapper)
+                except PayloadTooLarge:
+                    if response_started:
+                        raise
+                    await self._send_json(
+                        send_wrapper, 413, "payload_too_large", "request body exceeds 1 MiB"
+                    )
+                except Exception as exc:
+                    # Handled here, inside the request context, so the log line carries the
+                    # request id and the 500 response carries X-Request-ID.
+                    logger.opt(exception=exc).bind(
+                        event="unhandled_exception", route=_route_template(scope)
+                    ).error("unhandled exception")
+                    if response_started:
+                        raise
+                    await self._send_json(send_wrapper, 500, "internal_error", "internal server error")
+        finally:
+            route = _route_template(scope)
+            method = scope.get("method", "GET")
+            self.metrics.inc(
+                self.metrics.http_requests_total, {"method": method, "route": route, "status": status}
+            )
+            self.metrics.observe(
+                self.metrics.http_request_duration_seconds,
+                time.perf_counter() - started,
+                {"method": method, "route": route},
+            )
+            reset_correlation_id(token)
+
+    @staticmethod
+    async def _send_json(send: Send, status: int, code: str, message: str) -> None:
+        body = orjson.dumps({"error": {"code": code, "message": message}})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _route_template(scope: Scope) -> str:
+    route: Any = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) and path else UNMATCHED_ROUTE

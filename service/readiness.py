@@ -1,0 +1,114 @@
+"""Readiness checks in the IETF health-check draft shape (``application/health+json``).
+
+Postgres, Redis and worker heartbeats are checked concurrently, each bounded by
+``HEALTH_CHECK_TIMEOUT_SECONDS``. A check that overruns is abandoned (not awaited), so a hung
+dependency can never hang the probe. Postgres or Redis failing → ``fail`` (503); a queue with no
+heartbeat → ``warn`` (200): the admin API must stay reachable exactly when workers are down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from service.state import AppState
+from shared.heartbeat import HEARTBEAT_TTL_SECONDS, read_heartbeats
+from shared.queues import ALL_QUEUES
+
+Check = dict[str, Any]
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+async def _bounded(work: Callable[[], Awaitable[Any]], timeout: float) -> tuple[Any, float]:
+    """Run ``work`` with a hard deadline; returns (result, seconds). Raises TimeoutError."""
+    started = time.perf_counter()
+    task = asyncio.ensure_future(work())
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()  # not awaited: a hung driver may ignore cancellation for a while
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        raise TimeoutError(f"no answer within {timeout:g}s")
+    return task.result(), time.perf_counter() - started
+
+
+async def _datastore_check(work: Callable[[], Awaitable[Any]], timeout: float) -> Check:
+    try:
+        _, elapsed = await _bounded(work, timeout)
+        return {
+            "componentType": "datastore",
+            "observedValue": round(elapsed, 4),
+            "observedUnit": "s",
+            "status": "pass",
+            "time": _now_iso(),
+        }
+    except Exception as exc:  # any failure is a failed check
+        return {
+            "componentType": "datastore",
+            "status": "fail",
+            "output": f"{type(exc).__name__}: {exc}"[:200],
+            "time": _now_iso(),
+        }
+
+
+async def _postgres(state: AppState) -> None:
+    pool = state.db.pool
+    async with pool.acquire() as conn:
+        await conn.fetchval("SELECT 1")
+
+
+async def _workers_check(state: AppState, timeout: float) -> list[Check]:
+    try:
+        beats, _ = await _bounded(lambda: read_heartbeats(state.redis), timeout)
+    except Exception as exc:
+        return [
+            {"componentId": q, "status": "warn", "output": f"heartbeats unreadable: {type(exc).__name__}"}
+            for q in ALL_QUEUES
+        ]
+    now = time.time()
+    checks = []
+    for queue in ALL_QUEUES:
+        ages = [b.age_seconds(now) for b in beats if b.queue == queue]
+        if not ages:
+            checks.append(
+                {"componentId": queue, "componentType": "worker", "status": "warn", "output": "no heartbeat"}
+            )
+            continue
+        age = min(ages)
+        checks.append(
+            {
+                "componentId": queue,
+                "componentType": "worker",
+                "observedValue": round(age, 3),
+                "observedUnit": "s",
+                "status": "pass" if age <= HEARTBEAT_TTL_SECONDS else "warn",
+                "time": _now_iso(),
+            }
+        )
+    return checks
+
+
+async def readiness(state: AppState) -> tuple[int, dict[str, Any]]:
+    timeout = state.settings.health_check_timeout_seconds
+    postgres, redis, workers = await asyncio.gather(
+        _datastore_check(lambda: _postgres(state), timeout),
+        _datastore_check(lambda: state.redis.ping(), timeout),
+        _workers_check(state, timeout),
+    )
+    checks = {
+        "postgres:responseTime": [postgres],
+        "redis:responseTime": [redis],
+        "workers:heartbeat": workers,
+    }
+    statuses = [c["status"] for group in checks.values() for c in group]
+    status = "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
+    body: dict[str, Any] = {"status": status, "releaseId": state.settings.release_id, "checks": checks}
+    if state.draining:
+        body["status"] = "fail"
+        body["output"] = "draining: shutting down"
+    return (503 if body["status"] == "fail" else 200), body

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per concept. Each module exports ``ROUTES`` and ``OPENAPI_PATHS``."""

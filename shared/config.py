@@ -1,0 +1,150 @@
+"""Settings: built once from the environment at an entrypoint and passed down (12-factor).
+
+A bad value raises ``ConfigError`` naming the variable and what it expects; the CLI prints that
+one line and exits non-zero, with no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration variable is missing or malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None
+    redis_url: str | None
+    log_level: str = "INFO"
+    log_format: str = "json"
+    mfa_encryption_key: str | None = None
+    session_ttl_seconds: int = 28800
+    dlq_retention_days: int = 30
+    reconcile_auto_correct_max: Decimal = Decimal("1.00")
+    health_check_timeout_seconds: float = 1.0
+    slow_query_ms: int = 500
+    worker_metrics_port: int | None = None
+    metrics_port: int | None = None
+    db_pool_min_size: int = 1
+    db_pool_max_size: int = 10
+    db_command_timeout_seconds: float = 30.0
+    email_backend: str = "log"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_from: str = "noreply@fmhl.example"
+    release_id: str = "0.1.0"
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigError("DATABASE_URL is required (postgresql://user:pass@host:5432/db)")
+        return self.database_url
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise ConfigError("REDIS_URL is required (redis://host:6379/0)")
+        return self.redis_url
+
+
+def _parse(env: Mapping[str, str], name: str, parse: Callable[[str], T], expects: str, default: T) -> T:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse(raw.strip())
+    except (ValueError, InvalidOperation) as exc:
+        raise ConfigError(f"{name}={raw!r} is invalid: expected {expects}") from exc
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 65535:
+        raise ValueError(raw)
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(raw)
+    return value
+
+
+def _money(raw: str) -> Decimal:
+    value = Decimal(raw)
+    if not value.is_finite() or value < 0:
+        raise ValueError(raw)
+    return value.quantize(Decimal("0.01"))
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.lower() if raw.lower() in choices else raw.upper()
+        if value not in choices:
+            raise ValueError(raw)
+        return value
+
+    return parse
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        parts = urlsplit(raw)
+        if parts.scheme not in schemes:
+            raise ValueError(raw)
+        if not parts.hostname and "host=" not in (parts.query or ""):
+            raise ValueError(raw)
+        return raw
+
+    return parse
+
+
+_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read every variable; raise ``ConfigError`` on the first bad one."""
+    e = os.environ if env is None else env
+    pg = ("postgres", "postgresql")
+    return Settings(
+        database_url=_parse(e, "DATABASE_URL", _url(*pg), "a postgresql:// URL with a host", None),
+        redis_url=_parse(e, "REDIS_URL", _url("redis", "rediss", "unix"), "a redis:// URL with a host", None),
+        log_level=_parse(e, "LOG_LEVEL", _choice(*_LEVELS), "one of " + ", ".join(_LEVELS), "INFO"),
+        log_format=_parse(e, "LOG_FORMAT", _choice("json", "console"), "json or console", "json"),
+        mfa_encryption_key=e.get("MFA_ENCRYPTION_KEY") or None,
+        session_ttl_seconds=_parse(e, "SESSION_TTL_SECONDS", _positive_int, "a positive integer", 28800),
+        dlq_retention_days=_parse(e, "DLQ_RETENTION_DAYS", _positive_int, "a positive integer of days", 30),
+        reconcile_auto_correct_max=_parse(
+            e, "RECONCILE_AUTO_CORRECT_MAX", _money, "a non-negative decimal amount", Decimal("1.00")
+        ),
+        health_check_timeout_seconds=_parse(
+            e, "HEALTH_CHECK_TIMEOUT_SECONDS", _positive_float, "a positive number of seconds", 1.0
+        ),
+        slow_query_ms=_parse(e, "SLOW_QUERY_MS", _positive_int, "a positive integer of milliseconds", 500),
+        worker_metrics_port=_parse(e, "WORKER_METRICS_PORT", _port, "a TCP port 1-65535", None),
+        metrics_port=_parse(e, "METRICS_PORT", _port, "a TCP port 1-65535", None),
+        db_pool_min_size=_parse(e, "DB_POOL_MIN_SIZE", _positive_int, "a positive integer", 1),
+        db_pool_max_size=_parse(e, "DB_POOL_MAX_SIZE", _positive_int, "a positive integer", 10),
+        db_command_timeout_seconds=_parse(
+            e, "DB_COMMAND_TIMEOUT_SECONDS", _positive_float, "a positive number of seconds", 30.0
+        ),
+        email_backend=_parse(e, "EMAIL_BACKEND", _choice("log", "smtp"), "log or smtp", "log"),
+        smtp_host=e.get("SMTP_HOST") or "127.0.0.1",
+        smtp_port=_parse(e, "SMTP_PORT", _port, "a TCP port 1-65535", 25),
+        smtp_from=e.get("SMTP_FROM") or "noreply@fmhl.example",
+    )

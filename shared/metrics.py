@@ -1,0 +1,165 @@
+"""Every Prometheus metric fmhl-ops defines, in one registry per process.
+
+This is the only module that imports aioprometheus (unmaintained since 2023-12: it does not
+escape label values, and its ASGI middleware has no latency histogram). Label values passed
+here must come from bounded sets: route templates, queue and function names, enums. Never raw
+paths or error text. ``_label`` enforces that defensively by replacing anything outside a
+conservative character set, so a bug elsewhere cannot corrupt the exposition format.
+
+One ``Metrics`` object is built per process at its entrypoint and passed down (no module-level
+registry), so tests can build a fresh one and assert on it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
+from aioprometheus.renderer import render
+
+# Latency buckets (seconds). Alert thresholds must be bucket boundaries:
+# DistributionDurationHigh at 2 s, InboxQuerySlow at 1 s.
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+JOB_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+DISTRIBUTION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+DB_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+INBOX_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+_SAFE_LABEL = re.compile(r"^[A-Za-z0-9_./:{}\-]{0,128}$")
+
+
+def _label(value: object) -> str:
+    text = str(value)
+    return text if _SAFE_LABEL.match(text) else "invalid"
+
+
+def _labels(labels: Mapping[str, object]) -> dict[str, str]:
+    return {key: _label(value) for key, value in labels.items()}
+
+
+class Metrics:
+    """The process's metrics. Attribute names match the metric names without ``fmhl_``."""
+
+    def __init__(self) -> None:
+        self.registry = Registry()
+        r = self.registry
+        # HTTP
+        self.http_requests_total = Counter(
+            "fmhl_http_requests_total", "HTTP requests by method, route template and status.", registry=r
+        )
+        self.http_request_duration_seconds = Histogram(
+            "fmhl_http_request_duration_seconds",
+            "HTTP request latency by method and route template.",
+            registry=r,
+            buckets=HTTP_BUCKETS,
+        )
+        # Domain
+        self.leads_distributed_total = Counter(
+            "fmhl_leads_distributed_total", "Leads processed by distribution, by outcome.", registry=r
+        )
+        self.lead_assignments_total = Counter(
+            "fmhl_lead_assignments_total", "Lead assignments created (one per provider charged).", registry=r
+        )
+        self.bad_leads_total = Counter("fmhl_bad_leads_total", "Assignments marked bad.", registry=r)
+        self.refunds_total = Counter("fmhl_refunds_total", "Refunds written to the ledger.", registry=r)
+        self.billing_failures_total = Counter(
+            "fmhl_billing_failures_total", "Billing transactions that failed, by reason.", registry=r
+        )
+        self.distribution_duration_seconds = Histogram(
+            "fmhl_distribution_duration_seconds",
+            "Time to distribute one lead, by status.",
+            registry=r,
+            buckets=DISTRIBUTION_BUCKETS,
+        )
+        self.billing_duration_seconds = Histogram(
+            "fmhl_billing_duration_seconds",
+            "Time of one provider's billing transaction.",
+            registry=r,
+            buckets=DB_BUCKETS,
+        )
+        self.inbox_query_duration_seconds = Histogram(
+            "fmhl_inbox_query_duration_seconds",
+            "Time of the provider inbox query used by report exports.",
+            registry=r,
+            buckets=INBOX_BUCKETS,
+        )
+        self.emails_sent_total = Counter(
+            "fmhl_emails_sent_total", "Emails handled by template and status.", registry=r
+        )
+        # Queues
+        self.queue_jobs_enqueued_total = Counter(
+            "fmhl_queue_jobs_enqueued_total", "Jobs enqueued, by queue.", registry=r
+        )
+        self.queue_jobs_completed_total = Counter(
+            "fmhl_queue_jobs_completed_total", "Jobs completed successfully.", registry=r
+        )
+        self.queue_jobs_failed_total = Counter(
+            "fmhl_queue_jobs_failed_total",
+            "Job failures; final=true when the job went to the DLQ, false when it will be retried.",
+            registry=r,
+        )
+        self.queue_job_duration_seconds = Histogram(
+            "fmhl_queue_job_duration_seconds",
+            "Job run time by queue and function.",
+            registry=r,
+            buckets=JOB_BUCKETS,
+        )
+        self.queue_depth = Gauge("fmhl_queue_depth", "Jobs queued or in progress, by queue.", registry=r)
+        self.queue_oldest_job_age_seconds = Gauge(
+            "fmhl_queue_oldest_job_age_seconds", "Age of the oldest due job, by queue.", registry=r
+        )
+        self.dlq_size = Gauge("fmhl_dlq_size", "Unresolved dead-letter entries, by queue.", registry=r)
+        self.dlq_captured_total = Counter(
+            "fmhl_dlq_captured_total", "Jobs captured into the dead-letter queue, by queue.", registry=r
+        )
+        self.dlq_spool_size = Gauge(
+            "fmhl_dlq_spool_size", "DLQ records waiting in the Redis spool for Postgres.", registry=r
+        )
+        # Database
+        self.db_query_duration_seconds = Histogram(
+            "fmhl_db_query_duration_seconds",
+            "Query time by stable query name.",
+            registry=r,
+            buckets=DB_BUCKETS,
+        )
+        self.db_pool_connections = Gauge(
+            "fmhl_db_pool_connections", "asyncpg pool connections by state (busy, idle, max).", registry=r
+        )
+        # Cron
+        self.cron_runs_total = Counter("fmhl_cron_runs_total", "Cron runs by job and status.", registry=r)
+        self.cron_last_success_timestamp_seconds = Gauge(
+            "fmhl_cron_last_success_timestamp_seconds",
+            "Unix time of the last successful run, by cron job.",
+            registry=r,
+        )
+        self.balance_discrepancies_total = Counter(
+            "fmhl_balance_discrepancies_total",
+            "Balance discrepancies found by reconciliation, by action (corrected, alerted).",
+            registry=r,
+        )
+        self.subscriptions_reactivated_total = Counter(
+            "fmhl_subscriptions_reactivated_total", "Providers reactivated after a top-up.", registry=r
+        )
+
+    # Thin typed wrappers: every caller goes through these, so label sanitising is in one place.
+    @staticmethod
+    def inc(counter: Counter, labels: Mapping[str, object] | None = None, amount: float = 1.0) -> None:
+        counter.add(_labels(labels or {}), amount)
+
+    @staticmethod
+    def observe(histogram: Histogram, value: float, labels: Mapping[str, object] | None = None) -> None:
+        histogram.observe(_labels(labels or {}), value)
+
+    @staticmethod
+    def set(gauge: Gauge, value: float, labels: Mapping[str, object] | None = None) -> None:
+        gauge.set(_labels(labels or {}), value)
+
+    def names(self) -> list[str]:
+        """Names of every metric in this registry (used by the dashboard coverage test)."""
+        return sorted(self.registry.collectors)
+
+    def render(self) -> tuple[bytes, str]:
+        """Render the text exposition format; returns (body, content type)."""
+        body, headers = render(self.registry, [])
+        return body, str(headers.get("Content-Type", "text/plain; version=0.0.4; charset=utf-8"))
