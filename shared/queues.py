@@ -9,6 +9,10 @@ from __future__ import annotations
 from typing import Any, Final
 
 import orjson
+from arq.connections import ArqRedis
+
+from shared.correlation import current_correlation_id
+from shared.metrics import Metrics
 
 DISTRIBUTE_LEAD: Final = "distribute_lead"
 EMAIL_SEND: Final = "email_send"
@@ -26,3 +30,59 @@ def serialize_job(data: dict[str, Any]) -> bytes:
 def deserialize_job(payload: bytes) -> dict[str, Any]:
     data: dict[str, Any] = orjson.loads(payload)
     return data
+
+
+# Which queue each job function runs on. Every enqueuer resolves the queue here.
+FUNCTION_QUEUES: Final[dict[str, str]] = {
+    "distribute_lead": DISTRIBUTE_LEAD,
+    "refund_bad_lead": DISTRIBUTE_LEAD,
+    "send_email": EMAIL_SEND,
+    "export_report": REPORT_EXPORT,
+}
+
+# Reserved job kwarg carrying the correlation id into the worker; the failure decorator pops it
+# before calling the job function and binds it to the job's log lines and DLQ row.
+CORRELATION_KWARG: Final = "_correlation_id"
+
+
+class UnknownJobFunction(ValueError):
+    pass
+
+
+async def enqueue(
+    redis: ArqRedis,
+    function: str,
+    *,
+    metrics: Metrics | None = None,
+    job_id: str | None = None,
+    queue: str | None = None,
+    correlation_id: str | None = None,
+    defer_by_seconds: float | None = None,
+    **kwargs: Any,
+) -> str | None:
+    """Enqueue ``function(**kwargs)`` on its queue; the one helper every caller uses.
+
+    Stamps the current correlation id (or ``correlation_id``) into the job, counts
+    ``fmhl_queue_jobs_enqueued_total{queue}`` and returns the arq job id, or ``None`` when a job
+    with ``job_id`` already exists (arq's de-duplication: nothing new was enqueued).
+    Arguments must be JSON: this raises ``TypeError`` at enqueue time otherwise.
+    """
+    target_queue = queue or FUNCTION_QUEUES.get(function)
+    if target_queue is None:
+        raise UnknownJobFunction(f"no queue is known for job function {function!r}")
+    orjson.dumps(kwargs)  # fail here, in the caller, if an argument is not JSON
+    cid = correlation_id or current_correlation_id()
+    if cid:
+        kwargs[CORRELATION_KWARG] = cid
+    job = await redis.enqueue_job(
+        function,
+        _job_id=job_id,
+        _queue_name=target_queue,
+        _defer_by=defer_by_seconds,
+        **kwargs,
+    )
+    if job is None:
+        return None
+    if metrics is not None:
+        metrics.inc(metrics.queue_jobs_enqueued_total, {"queue": target_queue})
+    return str(job.job_id)

@@ -1,0 +1,116 @@
+"""Shared fixtures: a fresh migrated database per run, Redis flushed per test, settings.
+
+See ``tests/infra.py`` for where Postgres and Redis come from.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+from arq.connections import ArqRedis
+
+from shared.config import Settings
+from shared.db import create_pool
+from shared.metrics import Metrics
+from shared.migrations import apply_migrations
+from shared.redis_conn import create_redis
+from tests.infra import Backends, backends, database_dsn
+
+APP_TABLES = (
+    "dead_letter_queue",
+    "audit_log",
+    "email_outbox",
+    "report_exports",
+    "ledger_entries",
+    "lead_assignments",
+    "leads",
+    "providers",
+    "admin_sessions",
+    "login_attempts",
+    "users",
+    "cron_runs",
+)
+
+
+@pytest.fixture(scope="session")
+def test_backends() -> Iterator[Backends]:
+    with backends() as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+async def database_url(test_backends: Backends) -> AsyncIterator[str]:
+    name = f"fmhl_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(test_backends.postgres_admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = database_dsn(test_backends.postgres_admin_dsn, name)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await apply_migrations(conn)
+    finally:
+        await conn.close()
+    yield dsn
+    admin = await asyncpg.connect(test_backends.postgres_admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(test_backends: Backends) -> str:
+    return test_backends.redis_url
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str) -> Settings:
+    return Settings(database_url=database_url, redis_url=redis_url, health_check_timeout_seconds=1.0)
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture(scope="session")
+async def pool(database_url: str) -> AsyncIterator[Any]:
+    settings = Settings(database_url=database_url, redis_url=None, db_pool_max_size=20)
+    db_pool = await create_pool(settings, application_name="fmhl-tests")
+    yield db_pool
+    await db_pool.close()
+
+
+@pytest.fixture
+async def conn(pool: Any) -> AsyncIterator[Any]:
+    """A connection inside a transaction that is rolled back after the test."""
+    async with pool.acquire() as connection:
+        tx = connection.transaction()
+        await tx.start()
+        try:
+            yield connection
+        finally:
+            await tx.rollback()
+
+
+@pytest.fixture
+async def clean_db(pool: Any) -> AsyncIterator[Any]:
+    """For tests that must see commits from other connections or processes: truncate around."""
+    await pool.execute(f"TRUNCATE {', '.join(APP_TABLES)} RESTART IDENTITY CASCADE")
+    yield pool
+    await pool.execute(f"TRUNCATE {', '.join(APP_TABLES)} RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[ArqRedis]:
+    client = create_redis(redis_url)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()

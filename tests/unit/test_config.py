@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from shared.config import ConfigError, load_settings
+
+
+def test_defaults_match_the_contract() -> None:
+    settings = load_settings({})
+    assert settings.session_ttl_seconds == 28800
+    assert settings.dlq_retention_days == 30
+    assert settings.reconcile_auto_correct_max == Decimal("1.00")
+    assert settings.health_check_timeout_seconds == 1.0
+    assert settings.slow_query_ms == 500
+    assert settings.log_format == "json"
+
+
+def test_values_are_parsed() -> None:
+    settings = load_settings(
+        {
+            "DATABASE_URL": "postgresql://u:p@db:5432/x",
+            "REDIS_URL": "redis://r:6379/1",
+            "DLQ_RETENTION_DAYS": "7",
+            "RECONCILE_AUTO_CORRECT_MAX": "2.5",
+            "LOG_LEVEL": "debug",
+            "LOG_FORMAT": "console",
+            "WORKER_METRICS_PORT": "9101",
+        }
+    )
+    assert settings.dlq_retention_days == 7
+    assert settings.reconcile_auto_correct_max == Decimal("2.50")
+    assert settings.log_level == "DEBUG"
+    assert settings.log_format == "console"
+    assert settings.worker_metrics_port == 9101
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "mysql://x/y"),
+        ("DATABASE_URL", "not a url"),
+        ("REDIS_URL", "http://r"),
+        ("DLQ_RETENTION_DAYS", "thirty"),
+        ("DLQ_RETENTION_DAYS", "-1"),
+        ("RECONCILE_AUTO_CORRECT_MAX", "NaN"),
+        ("HEALTH_CHECK_TIMEOUT_SECONDS", "0"),
+        ("WORKER_METRICS_PORT", "70000"),
+        ("LOG_FORMAT", "xml"),
+        ("SESSION_TTL_SECONDS", "1.5"),
+    ],
+)
+def test_bad_value_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({name: value})
+    assert str(info.value).startswith(f"{name}=")
+    assert "expected" in str(info.value)
+    assert "\n" not in str(info.value)
