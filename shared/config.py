@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+import orjson
+from cryptography.fernet import Fernet
 
 T = TypeVar("T")
 
@@ -42,6 +45,10 @@ class Settings:
     smtp_port: int = 25
     smtp_from: str = "noreply@fmhl.example"
     release_id: str = "0.1.0"
+    # Cron schedule overrides, e.g. {"reactivate_subscriptions": {"second": "*"}} (tests, ops).
+    cron_schedules: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Per-function retry policy overrides, e.g. {"send_email": {"max_tries": 8, "timeout_seconds": 60}}.
+    job_policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def require_database_url(self) -> str:
         if not self.database_url:
@@ -114,6 +121,71 @@ def _url(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+def _mfa_encryption_key(env: Mapping[str, str]) -> str | None:
+    """A Fernet key or None; a bad one fails without echoing it (it is a secret)."""
+    raw = (env.get("MFA_ENCRYPTION_KEY") or "").strip()
+    if not raw:
+        return None
+    try:
+        Fernet(raw.encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise ConfigError(
+            f"MFA_ENCRYPTION_KEY=<{len(raw)} characters, not shown> is invalid: expected a Fernet key "
+            "(32 url-safe base64-encoded bytes, e.g. from cryptography's Fernet.generate_key())"
+        ) from exc
+    return raw
+
+
+CRON_FIELDS = ("month", "day", "weekday", "hour", "minute", "second")
+
+
+def _cron_schedules(raw: str) -> dict[str, dict[str, Any]]:
+    """JSON: {"job": {"minute": [0, 30], "second": 0}}; "*" means every value of that field."""
+    data = orjson.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError(raw)
+    schedules: dict[str, dict[str, Any]] = {}
+    for job, fields in data.items():
+        if not isinstance(fields, dict) or not set(fields) <= set(CRON_FIELDS):
+            raise ValueError(raw)
+        for value in fields.values():
+            ok = (
+                value == "*"
+                or isinstance(value, int)
+                or (isinstance(value, list) and all(isinstance(v, int) for v in value))
+            )
+            if not ok:
+                raise ValueError(raw)
+        schedules[str(job)] = dict(fields)
+    return schedules
+
+
+POLICY_FIELDS = (
+    "max_tries",
+    "timeout_seconds",
+    "backoff_base_seconds",
+    "backoff_max_seconds",
+    "jitter_ratio",
+)
+
+
+def _job_policies(raw: str) -> dict[str, dict[str, Any]]:
+    data = orjson.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError(raw)
+    policies: dict[str, dict[str, Any]] = {}
+    for function, fields in data.items():
+        if not isinstance(fields, dict) or not set(fields) <= set(POLICY_FIELDS):
+            raise ValueError(raw)
+        for value in fields.values():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(raw)
+        if "max_tries" in fields and (not isinstance(fields["max_tries"], int) or fields["max_tries"] < 1):
+            raise ValueError(raw)
+        policies[str(function)] = dict(fields)
+    return policies
+
+
 _LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -126,7 +198,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=_parse(e, "REDIS_URL", _url("redis", "rediss", "unix"), "a redis:// URL with a host", None),
         log_level=_parse(e, "LOG_LEVEL", _choice(*_LEVELS), "one of " + ", ".join(_LEVELS), "INFO"),
         log_format=_parse(e, "LOG_FORMAT", _choice("json", "console"), "json or console", "json"),
-        mfa_encryption_key=e.get("MFA_ENCRYPTION_KEY") or None,
+        mfa_encryption_key=_mfa_encryption_key(e),
         session_ttl_seconds=_parse(e, "SESSION_TTL_SECONDS", _positive_int, "a positive integer", 28800),
         dlq_retention_days=_parse(e, "DLQ_RETENTION_DAYS", _positive_int, "a positive integer of days", 30),
         reconcile_auto_correct_max=_parse(
@@ -147,4 +219,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         smtp_host=e.get("SMTP_HOST") or "127.0.0.1",
         smtp_port=_parse(e, "SMTP_PORT", _port, "a TCP port 1-65535", 25),
         smtp_from=e.get("SMTP_FROM") or "noreply@fmhl.example",
+        job_policies=_parse(
+            e, "JOB_POLICIES", _job_policies, 'JSON like {"send_email": {"max_tries": 8}}', {}
+        ),
+        cron_schedules=_parse(
+            e, "CRON_SCHEDULES", _cron_schedules, 'JSON like {"cleanup_dlq": {"hour": 1, "minute": 0}}', {}
+        ),
     )

@@ -126,6 +126,16 @@ class Database:
         self._pool: Any = None
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        self._owns_pool = True
+
+    @classmethod
+    def from_pool(cls, settings: Settings, pool: Any) -> Database:
+        """A Database around an already open pool (tests, or a process sharing one pool)."""
+        db = cls(settings, application_name="shared-pool")
+        db._pool = pool
+        db.connected.set()
+        db._owns_pool = False
+        return db
 
     @property
     def pool(self) -> Any:
@@ -161,7 +171,7 @@ class Database:
         if self._task is not None and not self._task.done():
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._pool is not None:
+        if self._pool is not None and self._owns_pool:
             try:
                 await asyncio.wait_for(self._pool.close(), timeout=5)
             except (TimeoutError, OSError):

@@ -23,8 +23,16 @@ JOB_QUEUES: Final = (DISTRIBUTE_LEAD, EMAIL_SEND, REPORT_EXPORT)
 ALL_QUEUES: Final = (*JOB_QUEUES, SCHEDULER)
 
 
+def _json_default(value: Any) -> Any:
+    """Only for arq's *result* records: a failed job's result is its exception."""
+    if isinstance(value, BaseException):
+        return {"error_type": type(value).__name__, "error_message": str(value)}
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def serialize_job(data: dict[str, Any]) -> bytes:
-    return orjson.dumps(data)
+    """Serialize an arq job or result record as JSON (exceptions become type + message)."""
+    return orjson.dumps(data, default=_json_default)
 
 
 def deserialize_job(payload: bytes) -> dict[str, Any]:
@@ -43,6 +51,9 @@ FUNCTION_QUEUES: Final[dict[str, str]] = {
 # Reserved job kwarg carrying the correlation id into the worker; the failure decorator pops it
 # before calling the job function and binds it to the job's log lines and DLQ row.
 CORRELATION_KWARG: Final = "_correlation_id"
+# Reserved job kwarg set by a DLQ retry: the new job's own DLQ entry (if it fails again) points
+# back to the entry it was retried from.
+RETRY_OF_KWARG: Final = "_dlq_retry_of"
 
 
 class UnknownJobFunction(ValueError):

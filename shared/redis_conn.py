@@ -6,6 +6,8 @@ socket timeouts keep a hung Redis from hanging a caller forever.
 
 from __future__ import annotations
 
+from typing import Any
+
 from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool
 
@@ -20,3 +22,8 @@ def create_redis(url: str, *, timeout_seconds: float = 5.0, max_connections: int
         max_connections=max_connections,
     )
     return ArqRedis(pool_or_conn=pool, job_serializer=serialize_job, job_deserializer=deserialize_job)
+
+
+# redis-py annotates its asyncio commands as ``Awaitable[T] | T`` (shared with the sync client),
+# which mypy cannot await; code that awaits raw commands takes this alias instead.
+RedisClient = Any

@@ -1,0 +1,51 @@
+"""Running a real ``FmhlWorker`` (arq, burst mode) over the test Redis and Postgres."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from arq.worker import Function
+
+from shared.config import Settings
+from shared.db import Database
+from shared.metrics import Metrics
+from worker.failure import JobFunction, with_failure_policy
+from worker.policy import RetryPolicy
+from worker.runner import FmhlWorker, build_worker
+
+
+def job(queue: str, name: str, fn: JobFunction, **policy: Any) -> Function:
+    return with_failure_policy(queue, name, RetryPolicy(**policy), fn)
+
+
+async def run_burst(
+    queue: str,
+    settings: Settings,
+    pool: Any,
+    redis: Any,
+    functions: Sequence[Function] | None = None,
+    *,
+    metrics: Metrics | None = None,
+    extra_ctx: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> FmhlWorker:
+    """Run a burst worker until its queue is empty (deferred retries included)."""
+    ctx = {"db": Database.from_pool(settings, pool), **(extra_ctx or {})}
+    worker = build_worker(
+        queue,
+        settings,
+        metrics=metrics or Metrics(),
+        functions=functions,
+        redis=redis,
+        ctx=ctx,
+        burst=True,
+        poll_delay=0,
+        handle_signals=False,
+        **kwargs,
+    )
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+    return worker

@@ -1,0 +1,1 @@
+"""The arq worker pool: one ``Worker`` per queue, thin job functions, failure capture."""

@@ -1,0 +1,163 @@
+"""The failure decorator every job function (cron included) runs under.
+
+arq retries only ``Retry`` and cancellation; any other exception fails the job at once and no
+hook is told that a failure is final. So this wrapper owns the policy:
+
+* its own timeout (``RetryPolicy.timeout_seconds``; arq's timeout is only a backstop above it);
+* transient errors — connection errors, timeouts, Postgres serialization failures/deadlocks,
+  an unreachable dependency, an explicit ``Retry`` — become ``Retry`` with exponential backoff
+  and jitter until ``max_tries``;
+* a permanent error (anything else, e.g. ``ValueError`` or a domain ``Invalid``/``NotFound``),
+  or a transient one on the last try, is final: the job is captured into the DLQ (reason
+  ``permanent`` or ``exhausted``) and the original exception is re-raised so arq records it
+  as failed;
+* cancellation (SIGTERM past ``job_completion_wait``) is not a failure: arq re-queues the job.
+
+It also binds the job's correlation id to every log line the job writes, marks the job as
+running in Redis (so a worker killed mid-job is recognised as ``worker_lost`` later) and records
+the job metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import redis.exceptions
+from arq.worker import Function, Retry, func
+
+from shared.correlation import bind_correlation_id, reset_correlation_id
+from shared.dlq import capture
+from shared.errors import DependencyUnavailable
+from shared.logs import log_event
+from shared.metrics import Metrics
+from worker.capture import record_from_exception, split_reserved_kwargs
+from worker.policy import RetryPolicy
+
+JobFunction = Callable[..., Awaitable[Any]]
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    Retry,
+    TimeoutError,
+    ConnectionError,
+    OSError,
+    DependencyUnavailable,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.QueryCanceledError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+RUNNING_KEY_PREFIX = "fmhl:job:running:"
+RUNNING_KEY_TTL_SECONDS = 86_400
+
+
+def running_key(job_id: str) -> str:
+    return f"{RUNNING_KEY_PREFIX}{job_id}"
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
+def with_failure_policy(queue: str, name: str, policy: RetryPolicy, coroutine: JobFunction) -> Function:
+    """Wrap ``coroutine(ctx, **kwargs)`` and return the arq ``Function`` to register."""
+
+    @functools.wraps(coroutine)
+    async def run(ctx: dict[str, Any], *args: Any, **raw_kwargs: Any) -> Any:
+        kwargs, correlation_id, retry_of = split_reserved_kwargs(raw_kwargs)
+        token = bind_correlation_id(correlation_id or f"job:{ctx.get('job_id')}")
+        metrics: Metrics | None = ctx.get("metrics")
+        redis = ctx.get("redis")
+        job_id = str(ctx.get("job_id"))
+        job_try = int(ctx.get("job_try", 1))
+        labels = {"queue": queue, "function": name}
+        started = time.perf_counter()
+        await _mark_running(redis, job_id, job_try)
+        try:
+            result = await asyncio.wait_for(coroutine(ctx, *args, **kwargs), timeout=policy.timeout_seconds)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _observe(metrics, labels, started)
+            transient = is_transient(exc)
+            if transient and job_try < policy.max_tries:
+                delay = policy.backoff_seconds(job_try)
+                if metrics is not None:
+                    metrics.inc(metrics.queue_jobs_failed_total, {**labels, "final": "false"})
+                log_event(
+                    "WARNING",
+                    "job_retry_scheduled",
+                    queue=queue,
+                    function=name,
+                    job_id=job_id,
+                    job_try=job_try,
+                    max_tries=policy.max_tries,
+                    retry_in_s=round(delay, 3),
+                    error_type=type(exc).__name__,
+                )
+                raise Retry(defer=delay) from exc
+            reason = "exhausted" if transient else "permanent"
+            if metrics is not None:
+                metrics.inc(metrics.queue_jobs_failed_total, {**labels, "final": "true"})
+            record = record_from_exception(
+                queue=queue,
+                job_id=job_id,
+                function=name,
+                args=args,
+                kwargs=kwargs,
+                exc=exc,
+                attempts=job_try,
+                reason=reason,
+                enqueued_at=ctx.get("enqueue_time"),
+                correlation_id=correlation_id,
+                retry_of=retry_of,
+            )
+            db = ctx.get("db")
+            await capture(lambda: db.pool if db is not None else None, redis, record, metrics)
+            if isinstance(exc, Retry):
+                # arq would retry a Retry forever past max_tries; end it as a plain failure.
+                raise RuntimeError(f"retries exhausted after {job_try} tries") from exc
+            raise
+        else:
+            _observe(metrics, labels, started)
+            if metrics is not None:
+                metrics.inc(metrics.queue_jobs_completed_total, labels)
+            return result
+        finally:
+            await _clear_running(redis, job_id)
+            reset_correlation_id(token)
+
+    return func(run, name=name, max_tries=policy.max_tries, timeout=policy.arq_timeout_seconds)
+
+
+def _observe(metrics: Metrics | None, labels: dict[str, str], started: float) -> None:
+    if metrics is not None:
+        metrics.observe(metrics.queue_job_duration_seconds, time.perf_counter() - started, labels)
+
+
+async def _mark_running(redis: Any, job_id: str, job_try: int) -> None:
+    if redis is None:
+        return
+    try:
+        await redis.set(running_key(job_id), str(job_try), ex=RUNNING_KEY_TTL_SECONDS)
+    except Exception as exc:  # the marker only sharpens a DLQ reason; never fail the job for it
+        log_event("WARNING", "job_running_marker_failed", job_id=job_id, error_type=type(exc).__name__)
+
+
+async def _clear_running(redis: Any, job_id: str) -> None:
+    if redis is None:
+        return
+    try:
+        await redis.delete(running_key(job_id))
+    except Exception as exc:
+        log_event("WARNING", "job_running_marker_failed", job_id=job_id, error_type=type(exc).__name__)
