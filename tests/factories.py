@@ -45,3 +45,135 @@ async def create_lead(conn: Any, **overrides: Any) -> uuid.UUID:
         values["payload"],
     )
     return lead_id
+
+
+DLQ_DEFAULTS: dict[str, Any] = {
+    "queue_name": "email_send",
+    "function": "send_email",
+    "args": [],
+    "kwargs": {},
+    "error_type": "SMTPServerDisconnected",
+    "error_message": "Connection unexpectedly closed",
+    "stack_trace": "",
+    "fingerprint": "fp-test",
+    "attempts": 5,
+    "reason": "exhausted",
+    "failed_at": None,  # now()
+    "resolved_at": None,
+    "resolved_by": None,
+    "resolution": None,
+    "retry_job_id": None,
+    "retry_of": None,
+}
+
+
+async def create_dlq_entry(conn: Any, **overrides: Any) -> uuid.UUID:
+    """One dead-letter row; pass ``resolved_at`` (and optionally ``resolution``) for a resolved one.
+
+    A resolved entry defaults to ``resolution='manual'`` by ``tests``; ``resolution='retried'``
+    gets a ``retry_job_id`` unless one is given.
+    """
+    values = DLQ_DEFAULTS | {"job_id": f"job-{uuid.uuid4().hex}"} | overrides
+    if values["resolved_at"] is not None:
+        values["resolution"] = values["resolution"] or "manual"
+        values["resolved_by"] = values["resolved_by"] or "tests"
+        if values["resolution"] == "retried" and values["retry_job_id"] is None:
+            values["retry_job_id"] = f"retry-{uuid.uuid4().hex}"
+    entry_id: uuid.UUID = await conn.fetchval(
+        """INSERT INTO dead_letter_queue (
+               queue_name, job_id, function, args, kwargs, error_type, error_message, stack_trace,
+               fingerprint, attempts, reason, failed_at, resolved_at, resolved_by, resolution,
+               retry_job_id, retry_of)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, now()), $13, $14, $15,
+                   $16, $17)
+           RETURNING id""",
+        values["queue_name"],
+        values["job_id"],
+        values["function"],
+        values["args"],
+        values["kwargs"],
+        values["error_type"],
+        values["error_message"],
+        values["stack_trace"],
+        values["fingerprint"],
+        values["attempts"],
+        values["reason"],
+        values["failed_at"],
+        values["resolved_at"],
+        values["resolved_by"],
+        values["resolution"],
+        values["retry_job_id"],
+        values["retry_of"],
+    )
+    return entry_id
+
+
+async def bulk_create_dlq_entries(
+    conn: Any,
+    count: int,
+    *,
+    job_prefix: str,
+    failed_at: Any,
+    resolved_at: Any = None,
+    queue_name: str = "email_send",
+) -> int:
+    """``count`` dead-letter rows in one ``INSERT ... SELECT generate_series`` statement.
+
+    ``failed_at``/``resolved_at`` are aware datetimes. Job ids are ``{job_prefix}-{n}`` (unique
+    per queue, so use a distinct prefix per call). Resolved rows (``resolved_at`` given) are
+    resolved manually by ``tests``. Returns the number inserted.
+    """
+    status: str = await conn.execute(
+        """INSERT INTO dead_letter_queue (
+               queue_name, job_id, function, error_type, error_message, fingerprint, attempts, reason,
+               failed_at, resolved_at, resolved_by, resolution)
+           SELECT $1, $2 || '-' || g, 'send_email', 'SMTPServerDisconnected', 'Connection closed ' || g,
+                  'fp-bulk', 5, 'exhausted', $3, $4,
+                  CASE WHEN $4::timestamptz IS NULL THEN NULL ELSE 'tests' END,
+                  CASE WHEN $4::timestamptz IS NULL THEN NULL ELSE 'manual' END
+           FROM generate_series(1, $5::int) AS g""",
+        queue_name,
+        job_prefix,
+        failed_at,
+        resolved_at,
+        count,
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def create_assignment(
+    conn: Any, lead_id: uuid.UUID, provider_id: uuid.UUID, *, price: Decimal = Decimal("10.00")
+) -> uuid.UUID:
+    """A charged assignment as distribution leaves it: row, ledger ``charge`` -price, balance -price."""
+    assignment_id: uuid.UUID = await conn.fetchval(
+        "INSERT INTO lead_assignments (lead_id, provider_id, price) VALUES ($1, $2, $3) RETURNING id",
+        lead_id,
+        provider_id,
+        price,
+    )
+    await conn.execute(
+        "INSERT INTO ledger_entries (provider_id, kind, amount, assignment_id) VALUES ($1, 'charge', $2, $3)",
+        provider_id,
+        -price,
+        assignment_id,
+    )
+    await conn.execute("UPDATE providers SET balance = balance - $2 WHERE id = $1", provider_id, price)
+    await conn.execute(
+        "UPDATE leads SET status = 'distributed', distributed_at = now() WHERE id = $1", lead_id
+    )
+    return assignment_id
+
+
+async def set_last_assigned_at(conn: Any, provider_id: uuid.UUID, at: Any) -> None:
+    """Place a provider in the distribution rotation (``None`` = never assigned)."""
+    await conn.execute("UPDATE providers SET last_assigned_at = $2 WHERE id = $1", provider_id, at)
+
+
+async def create_report_export(conn: Any, provider_id: uuid.UUID, **overrides: Any) -> uuid.UUID:
+    values = {"status": "pending"} | overrides
+    export_id: uuid.UUID = await conn.fetchval(
+        "INSERT INTO report_exports (provider_id, status) VALUES ($1, $2) RETURNING id",
+        provider_id,
+        values["status"],
+    )
+    return export_id

@@ -1,7 +1,8 @@
 """Per-function retry policy: tries, timeout, backoff. The numbers an operator tunes.
 
 Defaults (written down here and in the README): 5 tries, 30 s timeout, exponential backoff from
-1 s doubling to at most 5 min, with ±50 % jitter (``jitter_ratio``) so a burst of failures does not retry in step.
+1 s doubling to at most 5 min, with ±50 % jitter (``jitter_ratio``) so a burst of failures
+does not retry in step.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ import signal
 import socket
 import time
 import uuid
-from datetime import UTC
 from collections.abc import Sequence
+from datetime import UTC
 from typing import Any
 
 from arq.cron import CronJob

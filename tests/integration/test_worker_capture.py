@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from typing import Any
@@ -14,8 +15,8 @@ from shared.dlq import capture
 from shared.metrics import Metrics
 from shared.queues import EMAIL_SEND, enqueue
 from shared.redis_conn import create_redis
-from worker.capture import record_from_exception
 from tests.worker_support import job, run_burst
+from worker.capture import record_from_exception
 
 QUEUE = EMAIL_SEND
 
@@ -80,7 +81,7 @@ async def test_connection_error_retries_with_growing_delays_then_is_captured_onc
     await enqueue(redis, "flaky", queue=QUEUE)
     await run_burst(QUEUE, settings, clean_db, redis, [job(QUEUE, "flaky", flaky, **policy)], metrics=metrics)
     assert len(tries) == 4
-    gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
     assert gaps[0] >= 0.09 and gaps[1] >= 0.18 and gaps[2] >= 0.36
     assert gaps[0] < gaps[1] < gaps[2]
     rows = await _dlq_rows(clean_db)
