@@ -73,9 +73,10 @@ def _run_as() -> pwd.struct_passwd | None:
 
 def _open_path_for(user: pwd.struct_passwd, path: Path) -> None:
     """Let ``user`` traverse to ``path`` and own it (root only)."""
-    for parent in [path, *path.parents]:
+    for parent in path.parents:
         mode = parent.stat().st_mode
         parent.chmod(mode | stat.S_IXOTH | stat.S_IXGRP)
+    path.chmod(0o700)  # Postgres refuses a data directory others can read
     for root, dirs, files in os.walk(path):
         os.chown(root, user.pw_uid, user.pw_gid)
         for name in dirs + files:

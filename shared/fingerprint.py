@@ -1,7 +1,7 @@
 """Error fingerprints: a stable hash that groups "the same failure" across jobs and processes.
 
 fingerprint = sha256(error type | message with volatile parts masked | top in-app frame)[:16].
-Masked: UUIDs, long hex ids, quoted values, e-mail addresses and numbers, so "lead 123 not
+Masked (all to ``<*>``): UUIDs, long hex ids, quoted values, e-mail addresses and numbers, so "lead 123 not
 found" and "lead 456 not found" group together. The frame is ``module:function`` of the
 innermost frame inside our own packages (no line numbers: they move with every deploy).
 """
@@ -15,13 +15,17 @@ from types import TracebackType
 
 _APP_PACKAGES = ("shared", "worker", "service")
 
+# One placeholder for every volatile kind: the same slot may carry a number in one message and a
+# UUID in another (ids of different tables), and they must still group together.
+VOLATILE = "<*>"
+
 _MASKS = (
-    (re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"), "<uuid>"),
-    (re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+"), "<email>"),
-    (re.compile(r"'[^']*'|\"[^\"]*\""), "<str>"),
-    (re.compile(r"\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{8,}\b"), "<hex>"),
-    (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<hex>"),
-    (re.compile(r"[-+]?\d+(\.\d+)?"), "<n>"),
+    (re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"), VOLATILE),
+    (re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+"), VOLATILE),
+    (re.compile(r"'[^']*'|\"[^\"]*\""), VOLATILE),
+    (re.compile(r"\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{8,}\b"), VOLATILE),
+    (re.compile(r"\b0x[0-9a-fA-F]+\b"), VOLATILE),
+    (re.compile(r"[-+]?\d+(\.\d+)?"), VOLATILE),
 )
 
 
