@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+
+from cryptography.fernet import Fernet
+
+from shared.passwords import hash_password
+from shared.sessions import hash_token, new_token
+from shared.totp import code_at, current_step, encrypt_secret, new_secret
 
 
 async def create_provider(conn: Any, **overrides: Any) -> uuid.UUID:
@@ -177,3 +184,61 @@ async def create_report_export(conn: Any, provider_id: uuid.UUID, **overrides: A
         values["status"],
     )
     return export_id
+
+
+@dataclass(frozen=True)
+class AdminAccount:
+    """What ``create_admin`` made: log in with ``email``, ``password`` and ``code_now()``."""
+
+    user_id: uuid.UUID
+    email: str
+    role: str
+    password: str = field(repr=False)
+    totp_secret: str = field(repr=False)
+
+    def code_now(self, step_offset: int = 0) -> str:
+        return code_at(self.totp_secret, current_step() + step_offset)
+
+
+async def create_admin(
+    conn: Any,
+    *,
+    mfa_encryption_key: str,
+    role: str = "admin",
+    email: str | None = None,
+    password: str | None = None,
+    disabled: bool = False,
+) -> AdminAccount:
+    """A user with a real scrypt hash and a Fernet-encrypted TOTP secret (same as the CLI makes)."""
+    email = email or f"{role}-{uuid.uuid4().hex[:8]}@example.test"
+    password = password or f"pw-{uuid.uuid4().hex}"
+    secret = new_secret()
+    user_id: uuid.UUID = await conn.fetchval(
+        """INSERT INTO users (email, password_hash, role, totp_secret_encrypted, disabled_at)
+           VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN now() END) RETURNING id""",
+        email,
+        hash_password(password),
+        role,
+        encrypt_secret(Fernet(mfa_encryption_key.encode()), secret),
+        disabled,
+    )
+    return AdminAccount(user_id, email, role, password, secret)
+
+
+async def create_admin_session(
+    conn: Any, user_id: uuid.UUID, *, expired: bool = False, revoked: bool = False
+) -> str:
+    """A session row for ``user_id`` (bypassing login); returns its bearer token."""
+    token = new_token()
+    await conn.execute(
+        """INSERT INTO admin_sessions (user_id, token_hash, mfa_passed, created_at, expires_at, revoked_at)
+           VALUES ($1, $2, true,
+                   now() - interval '2 hours',
+                   CASE WHEN $3 THEN now() - interval '1 hour' ELSE now() + interval '1 hour' END,
+                   CASE WHEN $4 THEN now() END)""",
+        user_id,
+        hash_token(token),
+        expired,
+        revoked,
+    )
+    return token

@@ -16,9 +16,9 @@ from aiosmtpd.controller import Controller
 from shared.embedded import free_port
 from shared.heartbeat import read_heartbeats
 from shared.queues import EMAIL_SEND, enqueue
-from worker.failure import running_key
 from tests.helpers import black_hole_port
 from tests.procs import Proc, base_env, wait_http
+from worker.failure import running_key
 
 
 class SlowCollector:

@@ -11,9 +11,9 @@ import pytest
 
 from shared.config import Settings
 from shared.db import create_pool
+from shared.dlq import SPOOL_KEY
 from shared.dlq_spool import INFLIGHT_KEY, drain_spool, spool_size
 from shared.embedded import EmbeddedPostgres
-from shared.dlq import SPOOL_KEY
 from shared.metrics import Metrics
 from shared.migrations import migrate
 from shared.queues import EMAIL_SEND, enqueue
