@@ -6,6 +6,7 @@ strings, numbers, lists, dicts). A non-JSON argument fails at enqueue time, not 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import orjson
@@ -78,19 +79,47 @@ async def enqueue(
     with ``job_id`` already exists (arq's de-duplication: nothing new was enqueued).
     Arguments must be JSON: this raises ``TypeError`` at enqueue time otherwise.
     """
+    return await enqueue_call(
+        redis,
+        function,
+        args=(),
+        kwargs=kwargs,
+        metrics=metrics,
+        job_id=job_id,
+        queue=queue,
+        correlation_id=correlation_id,
+        defer_by_seconds=defer_by_seconds,
+    )
+
+
+async def enqueue_call(
+    redis: ArqRedis,
+    function: str,
+    *,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    metrics: Metrics | None = None,
+    job_id: str | None = None,
+    queue: str | None = None,
+    correlation_id: str | None = None,
+    defer_by_seconds: float | None = None,
+) -> str | None:
+    """``enqueue`` with explicit positional and keyword arguments (used to replay DLQ entries)."""
     target_queue = queue or FUNCTION_QUEUES.get(function)
     if target_queue is None:
         raise UnknownJobFunction(f"no queue is known for job function {function!r}")
-    orjson.dumps(kwargs)  # fail here, in the caller, if an argument is not JSON
+    job_kwargs = dict(kwargs)
+    orjson.dumps([list(args), job_kwargs])  # fail here, in the caller, if an argument is not JSON
     cid = correlation_id or current_correlation_id()
     if cid:
-        kwargs[CORRELATION_KWARG] = cid
+        job_kwargs[CORRELATION_KWARG] = cid
     job = await redis.enqueue_job(
         function,
+        *args,
         _job_id=job_id,
         _queue_name=target_queue,
         _defer_by=defer_by_seconds,
-        **kwargs,
+        **job_kwargs,
     )
     if job is None:
         return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import Any
 
 from starlette.requests import Request
@@ -10,15 +12,33 @@ from starlette.routing import Route
 
 from service.state import AppState, app_state
 from shared.db import record_pool_gauges
+from shared.dlq_spool import spool_size
 from shared.errors import DependencyUnavailable
+from shared.logs import log_event
+from shared.queue_stats import collect_queue_stats, export_queue_gauges
+
+SCRAPE_CACHE_SECONDS = 5.0
 
 
 async def refresh_scrape_gauges(state: AppState) -> None:
-    """Gauges read at scrape time. Only the service exports these (one source, no double count)."""
-    try:
+    """Gauges read at scrape time. Only the service exports these (one source, no double count).
+
+    Queue and DLQ gauges come from the same code as ``GET /api/v1/admin/queues``, refreshed at
+    most every few seconds so frequent scrapes stay cheap. When a backend is unreachable the
+    gauges keep their last values (never zeros) and readiness reports the outage.
+    """
+    with contextlib.suppress(DependencyUnavailable):
         record_pool_gauges(state.db.pool, state.metrics)
-    except DependencyUnavailable:
-        pass  # no pool yet: the gauge keeps its last value; readiness reports the outage
+    now = time.monotonic()
+    if now - state.gauge_cache.get("queues_refreshed_at", -1e9) < SCRAPE_CACHE_SECONDS:
+        return
+    try:
+        stats = await collect_queue_stats(lambda: state.db.pool, state.redis)
+        export_queue_gauges(stats, state.metrics)
+        state.metrics.set(state.metrics.dlq_spool_size, await spool_size(state.redis))
+        state.gauge_cache["queues_refreshed_at"] = now
+    except Exception as exc:
+        log_event("WARNING", "scrape_gauges_stale", error_type=type(exc).__name__)
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -1,0 +1,74 @@
+"""``GET /api/v1/admin/queues``: depth, active, deferred, oldest age, failures, DLQ size."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service.auth import Principal, admin_endpoint
+from service.openapi_schemas import SECURITY, error_responses
+from service.state import app_state
+from service.validation import query_params
+from shared.queue_stats import collect_queue_stats, export_queue_gauges
+
+
+async def list_queues(request: Request, principal: Principal) -> Response:
+    query_params(request, ())
+    state = app_state(request)
+    stats = await collect_queue_stats(lambda: state.db.pool, state.redis)
+    export_queue_gauges(stats, state.metrics)
+    return JSONResponse({"queues": [asdict(item) for item in stats]})
+
+
+ROUTES = [Route("/api/v1/admin/queues", admin_endpoint(list_queues), methods=["GET"])]
+
+QUEUE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "name",
+        "depth",
+        "active",
+        "deferred",
+        "oldest_job_age_seconds",
+        "failed_last_hour",
+        "dlq_size",
+    ],
+    "properties": {
+        "name": {"type": "string", "enum": ["distribute_lead", "email_send", "report_export"]},
+        "depth": {"type": "integer", "minimum": 0},
+        "active": {"type": "integer", "minimum": 0},
+        "deferred": {"type": "integer", "minimum": 0},
+        "oldest_job_age_seconds": {"type": "number", "minimum": 0},
+        "failed_last_hour": {"type": "integer", "minimum": 0},
+        "dlq_size": {"type": "integer", "minimum": 0},
+    },
+}
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/api/v1/admin/queues": {
+        "get": {
+            "summary": "Queue depth, activity and failures for the three job queues",
+            "tags": ["admin"],
+            "security": SECURITY,
+            "responses": {
+                "200": {
+                    "description": "one item per queue",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["queues"],
+                                "properties": {"queues": {"type": "array", "items": QUEUE_SCHEMA}},
+                            }
+                        }
+                    },
+                },
+                **error_responses("401", "403", "503"),
+            },
+        }
+    }
+}
