@@ -58,7 +58,6 @@ async def run_until_signalled(
     *,
     on_drain: Callable[[], None],
     drain_seconds: float,
-    side_tasks: Iterable[Awaitable[None]] = (),
     on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, drain, then stop every server (and ``on_stop``)."""
@@ -89,15 +88,14 @@ async def run_until_signalled(
             await on_stop()
 
     tasks = [asyncio.ensure_future(s.serve()) for s in servers]
-    tasks += [asyncio.ensure_future(t) for t in side_tasks]
     watcher = asyncio.ensure_future(shutdown_after_drain())
     try:
-        await asyncio.gather(*tasks[: len(servers)])
+        await asyncio.gather(*tasks)
+        if signalled.is_set():
+            await watcher  # on_stop (e.g. draining in-process workers) runs to completion
     finally:
         watcher.cancel()
-        for task in tasks[len(servers) :]:
-            task.cancel()
-        await asyncio.gather(watcher, *tasks[len(servers) :], return_exceptions=True)
+        await asyncio.gather(watcher, return_exceptions=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
 
