@@ -13,8 +13,10 @@ the job finished (arq keeps no result for cron jobs). A tick whose run failed ma
 one that succeeded or is running is never run again.
 
 Every run logs ``cron_started``/``cron_finished`` with its duration, writes one audit row with
-its counts, counts ``fmhl_cron_runs_total{job,status}`` and, on success, sets
-``fmhl_cron_last_success_timestamp_seconds{job}``. Failures go through the same failure
+its counts, counts ``fmhl_cron_runs_total{cron_job,status}`` and, on success, sets
+``fmhl_cron_last_success_timestamp_seconds{cron_job}``. (The label is ``cron_job``, not the
+contract's ``job``: ``job`` is Prometheus's own target label, which a scrape would rename to
+``exported_job``, and aioprometheus refuses it outright.) Failures go through the same failure
 decorator and DLQ as every job. Schedules can be overridden with ``CRON_SCHEDULES``.
 """
 
@@ -146,7 +148,7 @@ def cron_runner(definition: CronDefinition) -> Callable[[dict[str, Any]], Awaita
             result = await definition.body(ctx)
         except Exception as exc:
             duration = time.perf_counter() - started
-            metrics.inc(metrics.cron_runs_total, {"job": name, "status": "failure"})
+            metrics.inc(metrics.cron_runs_total, {"cron_job": name, "status": "failure"})
             log_event(
                 "ERROR", "cron_failed", job=name, duration_s=round(duration, 3), error_type=type(exc).__name__
             )
@@ -171,8 +173,8 @@ def cron_runner(definition: CronDefinition) -> Callable[[dict[str, Any]], Awaita
                 target_id=name,
                 metadata=counts | {"tick": tick.isoformat()},
             )
-        metrics.inc(metrics.cron_runs_total, {"job": name, "status": "success"})
-        metrics.set(metrics.cron_last_success_timestamp_seconds, time.time(), {"job": name})
+        metrics.inc(metrics.cron_runs_total, {"cron_job": name, "status": "success"})
+        metrics.set(metrics.cron_last_success_timestamp_seconds, time.time(), {"cron_job": name})
         log_event("INFO", "cron_finished", job=name, duration_s=round(duration, 3), **counts)
         return counts
 
