@@ -78,9 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
     """Subcommands owned by other modules (worker, admin, cron) register themselves here."""
-    from worker.cli import register as register_worker
-
     from service.cli_admin import register as register_admin
+    from worker.cli import register as register_worker
 
     return [register_worker, register_admin]
 

@@ -70,7 +70,10 @@ async def test_route_label_is_the_template_and_unmatched_paths_share_one(setting
         return JSONResponse({"id": request.path_params["entry_id"]})
 
     async with running_app(settings) as (app, client):
-        app.router.routes.append(Route("/api/v1/admin/queues/dlq/{entry_id}", item, methods=["GET"]))
+        app.router.routes.append(Route("/test-only/items/{entry_id}", item, methods=["GET"]))
+        await client.get("/test-only/items/abc")
+        await client.get("/test-only/items/def")
+        # the real DLQ detail route is labelled by its template too (401 here: no token)
         await client.get("/api/v1/admin/queues/dlq/abc")
         await client.get("/api/v1/admin/queues/dlq/def")
         await client.get("/random/one")
@@ -79,11 +82,12 @@ async def test_route_label_is_the_template_and_unmatched_paths_share_one(setting
     counts = {
         (s.labels["route"], s.labels["status"]): s.value for s in _samples(body, "fmhl_http_requests_total")
     }
-    assert counts[("/api/v1/admin/queues/dlq/{entry_id}", "200")] == 2
+    assert counts[("/test-only/items/{entry_id}", "200")] == 2
     assert counts[("unmatched", "404")] == 2
+    assert counts[("/api/v1/admin/queues/dlq/{entry_id}", "401")] == 2
     assert not any("abc" in route or "random" in route for route, _ in counts)
     hist = _samples(body, "fmhl_http_request_duration_seconds_count")
-    assert any(s.labels["route"] == "/api/v1/admin/queues/dlq/{entry_id}" and s.value == 2 for s in hist)
+    assert any(s.labels["route"] == "/test-only/items/{entry_id}" and s.value == 2 for s in hist)
 
 
 async def test_openapi_describes_every_route(settings: Settings) -> None:
