@@ -1,0 +1,60 @@
+# syntax=docker/dockerfile:1
+# One image for every fmhl-ops process; the entrypoint is the `fmhl-ops` CLI:
+#   docker run --rm -p 8000:8000 --env-file .env fmhl-ops serve --host 0.0.0.0 --port 8000
+#   docker run --rm --env-file .env -e WORKER_METRICS_PORT=9100 fmhl-ops worker distribute_lead
+#   docker run --rm --env-file .env fmhl-ops migrate
+# Build: docker build -t fmhl-ops:dev .
+# No HEALTHCHECK: Kubernetes probes check each role on its own port (see k8s/).
+
+# ---- build: dependencies and the package into a virtualenv ------------------------------------
+FROM python:3.11.10-slim-bookworm AS build
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+
+# Runtime dependencies first, cached until pyproject.toml changes: install the project with empty
+# packages to resolve its [project.dependencies] (no dev or embedded extras), then drop it.
+# Every dependency ships manylinux wheels for CPython 3.11, so no compiler is needed.
+COPY pyproject.toml README.md ./
+RUN mkdir -p shared service worker \
+    && touch shared/__init__.py service/__init__.py worker/__init__.py \
+    && pip install . \
+    && pip uninstall -y fmhl-ops \
+    && rm -rf shared service worker build ./*.egg-info
+
+COPY shared ./shared
+COPY service ./service
+COPY worker ./worker
+RUN pip install --no-deps . \
+    && python -m compileall -q /opt/venv/lib
+
+# ---- runtime: the virtualenv and the migrations, nothing else ---------------------------------
+FROM python:3.11.10-slim-bookworm AS runtime
+
+LABEL org.opencontainers.image.title="fmhl-ops" \
+      org.opencontainers.image.description="fmhl-ops service, workers and migrations" \
+      org.opencontainers.image.source="https://github.com/fmhl/fmhl-ops"
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    SQL_DIR=/app/sql \
+    LOG_FORMAT=json
+
+RUN groupadd --system --gid 10001 fmhl \
+    && useradd --system --uid 10001 --gid fmhl --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin fmhl
+
+COPY --from=build /opt/venv /opt/venv
+COPY sql/ /app/sql/
+WORKDIR /app
+
+# Numeric, so Kubernetes can verify runAsNonRoot without resolving a name.
+USER 10001:10001
+EXPOSE 8000 9090 9100
+ENTRYPOINT ["fmhl-ops"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,162 @@
+"""Dockerfile and .dockerignore, checked statically (no Docker engine runs here).
+
+What a build would prove, checked from the text: multi-stage, a pinned slim Python 3.11 base,
+dependencies in a virtualenv in the build stage only, no compilers or dev extras in the final
+image, a numeric non-root user, `fmhl-ops` as the entrypoint, migrations at /app/sql.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+UID = "10001"
+PINNED_BASE = re.compile(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?")
+BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|clang|make|build-essential|[a-z0-9.+-]+-dev)\b")
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    args: str
+
+
+def instructions() -> list[Instruction]:
+    """Dockerfile instructions with comments dropped and continuation lines joined."""
+    logical: list[str] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        pending += line[:-1] + " " if line.endswith("\\") else line
+        if not line.endswith("\\"):
+            logical.append(pending)
+            pending = ""
+    assert not pending, "dangling line continuation"
+    result = []
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        result.append(Instruction(keyword.upper(), " ".join(args.split())))
+    return result
+
+
+def stages() -> list[list[Instruction]]:
+    found: list[list[Instruction]] = []
+    for instruction in instructions():
+        if instruction.keyword == "FROM":
+            found.append([])
+        assert found, "instructions before the first FROM (only ARG may be there, and none is used)"
+        found[-1].append(instruction)
+    return found
+
+
+def final_stage() -> list[Instruction]:
+    return stages()[-1]
+
+
+def args_of(stage: list[Instruction], keyword: str) -> list[str]:
+    return [i.args for i in stage if i.keyword == keyword]
+
+
+def test_multi_stage_with_a_pinned_slim_python_311_base() -> None:
+    all_stages = stages()
+    assert len(all_stages) >= 2
+    for stage in all_stages:
+        image = stage[0].args.split()[0]
+        assert PINNED_BASE.fullmatch(image), f"base image not pinned to a 3.11.x slim release: {image}"
+    assert re.fullmatch(r"\S+ AS build", all_stages[0][0].args)
+
+
+def test_dependencies_go_into_a_venv_in_the_build_stage() -> None:
+    build = stages()[0]
+    runs = " ".join(args_of(build, "RUN"))
+    assert "python -m venv /opt/venv" in runs
+    assert any(arg.startswith("PATH=/opt/venv/bin:") for arg in args_of(build, "ENV"))
+    assert "pip install ." in runs
+    final = final_stage()
+    assert "--from=build /opt/venv /opt/venv" in args_of(final, "COPY")
+    assert not [r for r in args_of(final, "RUN") if "pip " in r], "no installs in the final stage"
+
+
+def test_no_dev_extras_editable_installs_or_compilers_in_the_image() -> None:
+    for instruction in instructions():
+        if instruction.keyword != "RUN":
+            continue
+        assert not re.search(r"\.\[[^\]]*\]", instruction.args), f"extras installed: {instruction.args}"
+        assert " -e " not in f" {instruction.args} ", f"editable install: {instruction.args}"
+    for run in args_of(final_stage(), "RUN"):
+        if "apt-get install" in run or "apk add" in run:
+            assert not BUILD_TOOLS.search(run), f"build tools in the final image: {run}"
+
+
+def test_runs_as_a_numeric_non_root_user() -> None:
+    final = final_stage()
+    users = args_of(final, "USER")
+    assert users, "the final stage must set USER"
+    assert users[-1].split(":")[0] == UID, users[-1]
+    assert final[-1].keyword in {"CMD", "ENTRYPOINT", "EXPOSE", "USER"}, "nothing may run as root after USER"
+    useradd = " ".join(args_of(final, "RUN"))
+    assert f"--uid {UID}" in useradd and f"--gid {UID}" in useradd
+
+
+def test_entrypoint_is_the_console_script() -> None:
+    final = final_stage()
+    (entrypoint,) = args_of(final, "ENTRYPOINT")
+    assert json.loads(entrypoint) == ["fmhl-ops"], "exec form, so signals reach the process"
+    (cmd,) = args_of(final, "CMD")
+    assert json.loads(cmd)[0] == "serve"
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "fmhl-ops" in scripts
+
+
+def test_migrations_are_shipped_and_located() -> None:
+    final = final_stage()
+    assert "sql/ /app/sql/" in args_of(final, "COPY")
+    env = " ".join(args_of(final, "ENV"))
+    assert "SQL_DIR=/app/sql" in env.split()
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last matching pattern wins; `!` re-includes; a directory match covers its files."""
+    ignored = False
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        glob = pattern.removeprefix("!").rstrip("/")
+        candidates = [glob, glob.removeprefix("**/")]
+        if any(fnmatch.fnmatchcase(prefix, g) for prefix in prefixes for g in candidates):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_keeps_the_context_to_what_is_copied() -> None:
+    patterns = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    sources = []
+    for instruction in instructions():
+        if instruction.keyword == "COPY" and "--from=" not in instruction.args:
+            sources += instruction.args.split()[:-1]
+    assert sources
+    for source in sources:
+        path = source.rstrip("/")
+        assert (REPO / path).exists(), f"COPY source missing: {path}"
+        assert not _ignored(path, patterns), f".dockerignore excludes {path}, which the Dockerfile copies"
+        for file in (REPO / path).rglob("*") if (REPO / path).is_dir() else []:
+            relative = file.relative_to(REPO).as_posix()
+            if file.is_file() and "__pycache__" not in relative:
+                assert not _ignored(relative, patterns), f".dockerignore excludes {relative}"
+    for secret_or_bulk in (".git/config", ".venv/bin/python", ".env", "tests/conftest.py", "bench/x.py"):
+        assert _ignored(secret_or_bulk, patterns), f"{secret_or_bulk} would be sent to the daemon"
+    assert _ignored("shared/__pycache__/metrics.cpython-311.pyc", patterns)
