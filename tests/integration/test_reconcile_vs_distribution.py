@@ -21,7 +21,9 @@ async def test_corrections_never_overwrite_concurrent_distribution_charges(clean
         provider_id = await create_provider(clean_db, balance=Decimal("5000.00"), lead_price=Decimal("1.25"))
         # a small drift (≤ 1.00) that reconciliation will correct while charges land
         await clean_db.execute(
-            "UPDATE providers SET balance = balance + $2 WHERE id = $1", provider_id, Decimal("0.01") * (index + 1)
+            "UPDATE providers SET balance = balance + $2 WHERE id = $1",
+            provider_id,
+            Decimal("0.01") * (index + 1),
         )
         providers.append(provider_id)
     leads = [await create_lead(clean_db) for _ in range(LEADS)]
