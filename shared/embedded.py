@@ -13,6 +13,7 @@ import importlib.util
 import os
 import pwd
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -41,6 +42,21 @@ def _wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes], 
             return
         time.sleep(0.05)
     raise EmbeddedServerError(f"server did not listen on port {port} within {timeout}s")
+
+
+def _stop_process(process: subprocess.Popen[bytes] | None, *steps: tuple[signal.Signals, float]) -> None:
+    """Send each (signal, wait) step until the process exits; SIGKILL as the last resort."""
+    if process is None or process.poll() is not None:
+        return
+    for sig, wait_seconds in steps:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=wait_seconds)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    process.kill()
+    process.wait()
 
 
 def _postgres_bin() -> Path:
@@ -152,23 +168,11 @@ class EmbeddedPostgres:
         return self
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()  # SIGTERM: "smart" shutdown; fall back to SIGINT (fast), then kill
-        try:
-            self.process.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self.process.send_signal(2)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        # SIGTERM is Postgres's "smart" shutdown (waits for clients); then SIGINT ("fast").
+        _stop_process(self.process, (signal.SIGTERM, 2.0), (signal.SIGINT, timeout))
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        _stop_process(self.process)
 
     def destroy(self) -> None:
         self.stop()
@@ -230,16 +234,7 @@ class EmbeddedRedis:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        _stop_process(self.process, (signal.SIGTERM, timeout))
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        _stop_process(self.process)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -19,6 +18,7 @@ from starlette.routing import Route
 from service.auth import Principal, admin_endpoint, authenticate
 from service.errors import error_response
 from service.state import app_state
+from service.validation import client_ip, json_object
 from shared.config import ConfigError
 from shared.errors import Invalid
 from shared.login import LoginAttempt, LoginThrottled, login, logout
@@ -29,22 +29,8 @@ from shared.users import MAX_EMAIL_LENGTH
 MAX_TOTP_CODE_LENGTH = 16
 
 
-def _client_ip(request: Request) -> str | None:
-    return request.client.host if request.client is not None else None
-
-
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        data = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise Invalid("request body must be a JSON object") from exc
-    if not isinstance(data, dict):
-        raise Invalid("request body must be a JSON object")
-    return data
 
 
 def _required_string(data: dict[str, Any], name: str, max_length: int) -> str:
@@ -57,12 +43,12 @@ def _required_string(data: dict[str, Any], name: str, max_length: int) -> str:
 
 
 async def login_endpoint(request: Request) -> Response:
-    data = await _json_object(request)
+    data = await json_object(request)
     attempt = LoginAttempt(
         email=_required_string(data, "email", MAX_EMAIL_LENGTH),
         password=_required_string(data, "password", MAX_PASSWORD_LENGTH),
         totp_code=_required_string(data, "totp_code", MAX_TOTP_CODE_LENGTH),
-        ip=_client_ip(request),
+        ip=client_ip(request),
         user_agent=request.headers.get("user-agent"),
     )
     state = app_state(request)
@@ -87,7 +73,7 @@ async def logout_endpoint(request: Request) -> Response:
             session_id=principal.session_id,
             user_id=principal.user_id,
             email=principal.email,
-            ip=_client_ip(request),
+            ip=client_ip(request),
         )
     return Response(status_code=204)
 
