@@ -27,7 +27,20 @@ async def json_object(request: Request, *, allow_empty: bool = False) -> dict[st
         raise Invalid("request body is not valid JSON") from exc
     if not isinstance(data, dict):
         raise Invalid("request body must be a JSON object")
+    if _holds_nul(data):
+        raise Invalid("request body must not contain NUL characters (\\u0000)")
     return data
+
+
+def _holds_nul(value: Any) -> bool:
+    """Postgres text cannot store U+0000: refuse it here (400) rather than fail in SQL (500)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def reject_unknown(data: Iterable[str], allowed: Iterable[str], where: str) -> None:
@@ -46,6 +59,8 @@ def query_params(request: Request, allowed: Iterable[str]) -> dict[str, str]:
         if len(values) > 1:
             raise Invalid(f"query parameter {name} given more than once")
         if values:
+            if _holds_nul(values[0]):
+                raise Invalid(f"query parameter {name} must not contain NUL characters")
             params[name] = values[0]
     return params
 
@@ -73,6 +88,15 @@ def int_in_range(value: Any, name: str, low: int, high: int, default: int) -> in
     if isinstance(value, float) or str(number) != str(value).strip().lstrip("+") or not low <= number <= high:
         raise Invalid(f"{name} must be an integer between {low} and {high}")
     return number
+
+
+def json_int_in_range(value: Any, name: str, low: int, high: int, default: int) -> int:
+    """An integer field of a JSON body: a JSON number without fraction, not a string or a bool."""
+    if value is None:
+        return default
+    if type(value) is not int or not low <= value <= high:
+        raise Invalid(f"{name} must be an integer between {low} and {high}")
+    return value
 
 
 def uuid_value(value: Any, name: str) -> uuid.UUID:

@@ -122,10 +122,13 @@ async def resolve_entry(pool: Any, entry_id: uuid.UUID, actor: Actor, note: str 
         return await get_entry(conn, entry_id)
 
 
+# Entries with no payload to replay (function '<unknown>': the job expired in Redis) are left out
+# of the locking query itself, not skipped after it: otherwise, being the oldest, they would use
+# up ``max`` on every call and a group holding ``max`` of them could never be redriven.
 LOCK_BY_IDS = """
 SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at
 FROM dead_letter_queue
-WHERE id = ANY($1::uuid[]) AND resolved_at IS NULL
+WHERE id = ANY($1::uuid[]) AND resolved_at IS NULL AND function <> '<unknown>'
 ORDER BY failed_at, id
 LIMIT $2
 FOR UPDATE SKIP LOCKED
@@ -133,7 +136,7 @@ FOR UPDATE SKIP LOCKED
 LOCK_BY_FINGERPRINT = """
 SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at
 FROM dead_letter_queue
-WHERE queue_name = $1 AND fingerprint = $2 AND resolved_at IS NULL
+WHERE queue_name = $1 AND fingerprint = $2 AND resolved_at IS NULL AND function <> '<unknown>'
 ORDER BY failed_at, id
 LIMIT $3
 FOR UPDATE SKIP LOCKED
@@ -154,7 +157,8 @@ async def bulk_retry(
     """Retry many unresolved entries, each exactly once even when bulk calls race."""
     if not 1 <= max_entries <= MAX_BULK:
         raise Invalid(f"max must be between 1 and {MAX_BULK}")
-    if (ids is None) == (queue is None or fingerprint is None):
+    by_filter = queue is not None or fingerprint is not None
+    if (ids is not None) == by_filter or (by_filter and (queue is None or fingerprint is None)):
         raise Invalid('give either "ids" or both "queue" and "fingerprint"')
     if queue is not None and queue not in ALL_QUEUES:
         raise Invalid(f"queue must be one of {', '.join(ALL_QUEUES)}")
@@ -168,8 +172,6 @@ async def bulk_retry(
         job_ids: list[str] = []
         entry_ids: list[uuid.UUID] = []
         for row in rows:
-            if row["function"] == "<unknown>":
-                continue  # nothing to replay; stays unresolved for a human
             job_id = await _enqueue_replay(redis, metrics, row)
             await execute(conn, "dlq_mark_retried", MARK_RETRIED, row["id"], actor.name, job_id)
             await _audit(conn, actor, "dlq.retry", row["id"], {"job_id": job_id, "bulk": True})

@@ -18,6 +18,7 @@ from service.state import AppState, app_state
 from service.validation import (
     client_ip,
     int_in_range,
+    json_int_in_range,
     json_object,
     optional_bool,
     query_params,
@@ -115,7 +116,9 @@ async def dlq_bulk_retry(request: Request, principal: Principal) -> Response:
     for name in ("queue", "fingerprint"):
         if body.get(name) is not None and not isinstance(body[name], str):
             raise Invalid(f"{name} must be a string")
-    max_entries = int_in_range(body.get("max"), "max", 1, MAX_BULK, DEFAULT_BULK if ids is None else MAX_BULK)
+    max_entries = json_int_in_range(
+        body.get("max"), "max", 1, MAX_BULK, DEFAULT_BULK if ids is None else MAX_BULK
+    )
     state = app_state(request)
     result = await bulk_retry(
         state.db.pool,
