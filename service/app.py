@@ -12,14 +12,14 @@ from starlette.middleware import Middleware
 from service import openapi
 from service.errors import EXCEPTION_HANDLERS
 from service.middleware import RequestContextMiddleware
-from service.routes import auth, dlq, health, metrics, queues
+from service.routes import audit, auth, dlq, health, metrics, queues
 from service.state import AppState
 from shared.config import Settings, load_settings
 from shared.db import Database
 from shared.metrics import Metrics
 from shared.redis_conn import create_redis
 
-ROUTE_MODULES = (health, metrics, auth, queues, dlq)
+ROUTE_MODULES = (health, metrics, auth, queues, dlq, audit)
 
 
 def create_app(

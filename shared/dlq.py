@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import orjson
@@ -171,7 +171,3 @@ async def capture(
             record=orjson.loads(record.to_json()),
         )
         return "logged"
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

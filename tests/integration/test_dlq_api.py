@@ -685,3 +685,18 @@ async def test_dlq_routes_need_an_admin_session(api: Api) -> None:
     ]:
         assert_error(await api.client.request(method, path), 401, "unauthenticated")
     assert (await api.get(f"{BASE}/{entry_id}")).json()["resolved"] is False
+
+
+async def test_audit_route_shows_who_resolved_what_in_which_request(api: Api) -> None:
+    entry_id = await create_dlq_entry(api.pool)
+    resolved = await api.post(
+        f"{BASE}/{entry_id}/resolve", {"note": "fixed upstream"}, request_id="req-audit-1"
+    )
+    assert resolved.status_code == 200
+    response = await api.get("/api/v1/admin/audit", {"action": "dlq.resolve", "target_id": str(entry_id)})
+    assert response.status_code == 200
+    (item,) = response.json()["items"]
+    assert item["actor"] == api.email and item["request_id"] == "req-audit-1"
+    assert item["metadata"] == {"note": "fixed upstream"} and item["occurred_at"].endswith("Z")
+    assert (await api.get("/api/v1/admin/audit", {"limit": "0"})).status_code == 400
+    assert (await api.get("/api/v1/admin/audit", {"actor": "x"})).status_code == 400

@@ -77,7 +77,8 @@ async def test_failures_while_postgres_is_down_are_drained_exactly_once(
 async def test_drain_puts_the_record_back_when_postgres_fails(
     own_postgres: EmbeddedPostgres, redis: Any
 ) -> None:
-    from shared.dlq import FailureRecord, now_utc
+    from shared.dlq import FailureRecord
+    from shared.logs import now_utc
 
     record = FailureRecord(
         queue=EMAIL_SEND,

@@ -1,0 +1,47 @@
+"""Query performance monitoring: every named query is timed; slow ones log ``slow_query``."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared.config import Settings
+from shared.db import create_pool, fetchval, record_pool_gauges
+from shared.logs import configure_logging
+from shared.metrics import Metrics
+
+
+async def test_named_queries_are_timed_and_slow_ones_logged(
+    database_url: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    metrics = Metrics()
+    settings = Settings(database_url=database_url, redis_url=None, slow_query_ms=50)
+    pool = await create_pool(settings, application_name="observer-test", metrics=metrics)
+    configure_logging("INFO", "json")
+    capfd.readouterr()
+    try:
+        async with pool.acquire() as conn:
+            assert await fetchval(conn, "fast_probe", "SELECT 1") == 1
+            await fetchval(conn, "slow_probe", "SELECT pg_sleep(0.08)")
+            assert await fetchval(conn, "app_name", "SELECT current_setting('application_name')") == (
+                "observer-test"
+            )
+            assert await fetchval(conn, "json_codec", "SELECT $1::jsonb", {"a": [1, 2]}) == {"a": [1, 2]}
+            record_pool_gauges(pool, metrics)
+    finally:
+        await pool.close()
+    lines = [orjson.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
+    slow = [line for line in lines if line["event"] == "slow_query"]
+    assert [line["query"] for line in slow] == ["slow_probe"]
+    assert slow[0]["duration_ms"] >= 80
+    body, _ = metrics.render()
+    counts = {
+        sample.labels["query"]: sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if sample.name == "fmhl_db_query_duration_seconds_count"
+    }
+    assert counts == {"fast_probe": 1, "slow_probe": 1, "app_name": 1, "json_codec": 1}
+    assert metrics.db_pool_connections.get({"state": "busy"}) == 1
+    assert metrics.db_pool_connections.get({"state": "max"}) == settings.db_pool_max_size
