@@ -21,6 +21,7 @@ STATUS_BY_ERROR: dict[type[errors.DomainError], int] = {
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.RateLimited: 429,
+    errors.Busy: 503,
     errors.DependencyUnavailable: 503,
 }
 

@@ -19,7 +19,9 @@ while it still knows the first) and ``send_email`` deduplicates on the idempoten
 emails are sent, a retry enqueues nothing.
 
 A lead found ``unassigned`` (no provider could pay when it was distributed) is also terminal here:
-distributing it again is a business decision, not a retry.
+distributing it again is a business decision, not a retry. A lead that finds no provider only
+because every eligible one is locked by concurrent distributions is *not* unassigned: that raises
+``Busy`` (transient), the transaction rolls back and the worker retries it with backoff.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from arq.connections import ArqRedis
 from shared import audit
 from shared.db import Conn, execute, fetch, fetchrow, fetchval
 from shared.emails import enqueue_email, sent_idempotency_keys
-from shared.errors import NotFound
+from shared.errors import Busy, NotFound
 from shared.logs import log_event
 from shared.metrics import Metrics
 
@@ -122,6 +124,12 @@ async def _distribute(pool: Any, redis: ArqRedis, metrics: Metrics, lead_id: uui
                 billed = await _bill_provider(conn, metrics, lead_id, candidate, deactivated)
                 if billed is not None:
                     assignments.append(billed)
+            if not assignments and await fetchval(conn, "providers_any_eligible", ANY_ELIGIBLE):
+                # Every provider that could pay is locked by other distributions right now: that
+                # is contention, not "nobody can take this lead". Roll back (the lead stays
+                # new) and let the worker retry with backoff.
+                log_event("INFO", "lead_distribution_busy", lead_id=str(lead_id))
+                raise Busy(f"every eligible provider is busy; lead {lead_id} will be retried")
             outcome = "assigned" if assignments else "unassigned"
             await execute(conn, "lead_mark_distributed", MARK_LEAD, lead_id, _lead_status(outcome))
             to_notify = assignments
@@ -193,6 +201,9 @@ ORDER BY last_assigned_at ASC NULLS FIRST, id
 LIMIT $1
 FOR UPDATE SKIP LOCKED
 """
+
+# Unlocked read: is anyone eligible at all (even if locked by a concurrent distribution)?
+ANY_ELIGIBLE = "SELECT EXISTS (SELECT 1 FROM providers WHERE status = 'active' AND balance >= lead_price)"
 
 # Guarded again (status, balance) although the row is locked: billing must never overdraw.
 CHARGE_PROVIDER = """

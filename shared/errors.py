@@ -40,6 +40,15 @@ class RateLimited(DomainError):
     code = "rate_limited"
 
 
+class Busy(DomainError):
+    """Work that cannot proceed right now but will soon (e.g. every eligible row is locked).
+
+    Workers treat it as transient: the job is retried with backoff instead of failing.
+    """
+
+    code = "busy"
+
+
 class DependencyUnavailable(DomainError):
     """A backing service (postgres, redis) cannot be reached."""
 

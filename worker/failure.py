@@ -5,7 +5,8 @@ hook is told that a failure is final. So this wrapper owns the policy:
 
 * its own timeout (``RetryPolicy.timeout_seconds``; arq's timeout is only a backstop above it);
 * transient errors — connection errors, timeouts, Postgres serialization failures/deadlocks,
-  an unreachable dependency, an explicit ``Retry`` — become ``Retry`` with exponential backoff
+  an unreachable dependency, ``Busy`` (e.g. every eligible provider is locked), an explicit
+  ``Retry`` — become ``Retry`` with exponential backoff
   and jitter until ``max_tries``;
 * a permanent error (anything else, e.g. ``ValueError`` or a domain ``Invalid``/``NotFound``),
   or a transient one on the last try, is final: the job is captured into the DLQ (reason
@@ -32,7 +33,7 @@ from arq.worker import Function, Retry, func
 
 from shared.correlation import bind_correlation_id, reset_correlation_id
 from shared.dlq import capture
-from shared.errors import DependencyUnavailable
+from shared.errors import Busy, DependencyUnavailable
 from shared.logs import log_event
 from shared.metrics import Metrics
 from worker.capture import record_from_exception, split_reserved_kwargs
@@ -46,6 +47,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
     DependencyUnavailable,
+    Busy,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.TooManyConnectionsError,
