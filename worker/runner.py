@@ -37,6 +37,8 @@ from worker.capture import record_from_silent_failure
 from worker.failure import running_key
 
 LIVENESS_STALE_SECONDS = 60.0
+# Longer than this and the worker starts anyway: jobs then retry with backoff until Postgres is back.
+DB_STARTUP_WAIT_SECONDS = 30.0
 
 
 class FmhlWorker(Worker):
@@ -88,8 +90,17 @@ class FmhlWorker(Worker):
             ctx["db"] = db
             self._owns_db = True
         await self._beat(force=True)
+        await self._wait_for_database(ctx["db"])
         self._spool_task = asyncio.ensure_future(self._drain_spool_when_connected(ctx))
         log_event("INFO", "worker_started", queue=self.queue_name, worker_id=self.worker_id)
+
+    async def _wait_for_database(self, db: Database) -> None:
+        """Pick no job before Postgres answers (up to a bound): a job run against a pool that is
+        still connecting would fail transiently and burn one of its tries for nothing."""
+        try:
+            await asyncio.wait_for(db.connected.wait(), timeout=DB_STARTUP_WAIT_SECONDS)
+        except TimeoutError:
+            log_event("WARNING", "worker_started_without_database", queue=self.queue_name)
 
     async def _drain_spool_when_connected(self, ctx: dict[str, Any]) -> None:
         db: Database = ctx["db"]

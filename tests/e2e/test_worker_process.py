@@ -48,13 +48,14 @@ def _worker_env(database_url: str, redis_url: str, **extra: str) -> dict[str, st
     return base_env(DATABASE_URL=database_url, REDIS_URL=redis_url, **extra)
 
 
-async def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+async def _wait_for(predicate: Any, timeout: float, what: str, proc: Proc | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await predicate():
             return
         await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    output = proc.output()[-5000:] if proc is not None else ""
+    raise AssertionError(f"timed out waiting for {what}\n{output}")
 
 
 async def _send_email_job(redis: Any, key: str) -> str:
@@ -88,7 +89,7 @@ async def test_worker_probes_metrics_and_heartbeat(
                 'fmhl_queue_jobs_completed_total{queue="email_send",function="send_email"} 1' in body
             )
 
-        await _wait_for(completed, 30, "the job counter on the worker's /metrics")
+        await _wait_for(completed, 30, "the job counter on the worker's /metrics", proc)
         status = await clean_db.fetchval("SELECT status FROM email_outbox WHERE idempotency_key = 'probe-1'")
         assert status == "sent"
         beats = await read_heartbeats(redis)
@@ -119,7 +120,7 @@ async def test_sigkill_on_the_last_try_is_captured_as_worker_lost(
         job_id = await _send_email_job(redis, "kill-1")
         first = Proc(["worker", EMAIL_SEND], env).start()
         try:
-            await _wait_for(lambda: redis.exists(running_key(job_id)), 30, "the job to start")
+            await _wait_for(lambda: redis.exists(running_key(job_id)), 30, "the job to start", first)
             first.signal(signal.SIGKILL)
             first.wait(timeout=10)
         finally:
@@ -130,7 +131,9 @@ async def test_sigkill_on_the_last_try_is_captured_as_worker_lost(
             async def captured() -> bool:
                 return bool(await clean_db.fetchval("SELECT count(*) FROM dead_letter_queue"))
 
-            await _wait_for(captured, 45, "the killed job to be captured")  # arq's in-progress lock expires
+            await _wait_for(
+                captured, 45, "the killed job to be captured", second
+            )  # arq's in-progress lock expires
         finally:
             assert second.stop() == 0
     rows = await clean_db.fetch("SELECT * FROM dead_letter_queue")
@@ -151,7 +154,7 @@ async def test_sigterm_lets_the_running_job_finish_and_nothing_is_captured(
     job_id = await _send_email_job(redis, "term-1")
     proc = Proc(["worker", EMAIL_SEND], env).start()
     try:
-        await _wait_for(lambda: redis.exists(running_key(job_id)), 30, "the job to start")
+        await _wait_for(lambda: redis.exists(running_key(job_id)), 30, "the job to start", proc)
         proc.signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 0
     finally:
