@@ -80,11 +80,9 @@ async def _serve_dev(settings: Settings, host: str, port: int) -> None:
         state.draining = True
 
     try:
-        await run_until_signalled(
-            [build_uvicorn(app, host, port)], on_drain=drain, drain_seconds=0.0, on_stop=stop_workers
-        )
+        await run_until_signalled([build_uvicorn(app, host, port)], on_drain=drain, drain_seconds=0.0)
     finally:
-        await stop_workers()
+        await stop_workers()  # once the server has stopped: running jobs finish, then workers close
 
 
 def run_dev(settings: Settings, *, host: str, port: int) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 
 import uvicorn
 from starlette.applications import Starlette
@@ -58,9 +58,8 @@ async def run_until_signalled(
     *,
     on_drain: Callable[[], None],
     drain_seconds: float,
-    on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, drain, then stop every server (and ``on_stop``)."""
+    """Serve until SIGTERM/SIGINT, drain, then stop every server."""
     servers = list(servers)
     loop = asyncio.get_running_loop()
     stop_now = asyncio.Event()
@@ -84,15 +83,11 @@ async def run_until_signalled(
             await asyncio.wait_for(stop_now.wait(), timeout=drain_seconds)
         for server in servers:
             server.should_exit = True
-        if on_stop is not None:
-            await on_stop()
 
     tasks = [asyncio.ensure_future(s.serve()) for s in servers]
     watcher = asyncio.ensure_future(shutdown_after_drain())
     try:
         await asyncio.gather(*tasks)
-        if signalled.is_set():
-            await watcher  # on_stop (e.g. draining in-process workers) runs to completion
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -113,19 +114,18 @@ async def _store(pool: Any, record: FailureRecord) -> uuid.UUID | None:
 
 
 async def capture(
-    pool_provider: Any, redis: RedisClient | None, record: FailureRecord, metrics: Metrics | None
+    pool_provider: Callable[[], Any],
+    redis: RedisClient | None,
+    record: FailureRecord,
+    metrics: Metrics | None,
 ) -> CaptureOutcome:
     """Record a final failure. Never raises (an exception in an arq hook kills the worker).
 
-    ``pool_provider`` is a zero-argument callable returning the asyncpg pool (it may raise when
-    the database is not connected yet) or the pool itself.
+    ``pool_provider`` returns the asyncpg pool; it may raise while the database is not
+    connected yet, which sends the record to the spool.
     """
     try:
-        pool = (
-            pool_provider()
-            if callable(pool_provider) and not hasattr(pool_provider, "acquire")
-            else pool_provider
-        )
+        pool = pool_provider()
         entry_id = await asyncio.wait_for(_store(pool, record), timeout=CAPTURE_DB_TIMEOUT_SECONDS * 2)
         outcome: CaptureOutcome = "stored" if entry_id is not None else "duplicate"
         if metrics is not None and outcome == "stored":

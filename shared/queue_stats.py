@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +84,7 @@ async def _dlq_side(pool: Any) -> dict[str, tuple[int, int]]:
 
 
 async def collect_queue_stats(
-    pool_provider: Any, redis: RedisClient, queues: Sequence[str] = JOB_QUEUES
+    pool_provider: Callable[[], Any], redis: RedisClient, queues: Sequence[str] = JOB_QUEUES
 ) -> list[QueueStats]:
     """Stats for ``queues``; raises ``DependencyUnavailable`` naming the backend that failed."""
 
@@ -96,7 +96,7 @@ async def collect_queue_stats(
 
     async def postgres_part() -> dict[str, tuple[int, int]]:
         try:
-            pool = pool_provider() if callable(pool_provider) else pool_provider
+            pool = pool_provider()
             return await asyncio.wait_for(_dlq_side(pool), STATS_TIMEOUT_SECONDS)
         except DependencyUnavailable:
             raise

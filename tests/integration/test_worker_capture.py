@@ -169,7 +169,7 @@ async def test_capturing_the_same_job_twice_leaves_one_row(clean_db: Any, redis:
             correlation_id=None,
             retry_of=None,
         )
-    outcomes = await asyncio.gather(*(capture(clean_db, redis, record, None) for _ in range(5)))
+    outcomes = await asyncio.gather(*(capture(lambda: clean_db, redis, record, None) for _ in range(5)))
     assert sorted(outcomes) == ["duplicate"] * 4 + ["stored"]
     assert len(await _dlq_rows(clean_db)) == 1
 

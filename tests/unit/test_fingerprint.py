@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -58,7 +59,6 @@ def test_fingerprint_is_stable_and_frame_sensitive() -> None:
 def test_top_app_frame_is_the_innermost_frame_in_our_packages() -> None:
     from shared.config import ConfigError, load_settings
 
-    try:
+    with pytest.raises(ConfigError) as info:
         load_settings({"DLQ_RETENTION_DAYS": "x"})
-    except ConfigError as exc:
-        assert top_app_frame(exc.__traceback__) == "shared.config:_parse"
+    assert top_app_frame(info.value.__traceback__) == "shared.config:_parse"
