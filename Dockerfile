@@ -29,6 +29,7 @@ RUN mkdir -p shared service worker \
 COPY shared ./shared
 COPY service ./service
 COPY worker ./worker
+COPY cli ./cli
 RUN pip install --no-deps . \
     && python -m compileall -q /opt/venv/lib
 

@@ -33,7 +33,7 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check .
 
 typecheck: $(VENV)/.dev
-	$(BIN)/mypy --strict shared service worker
+	$(BIN)/mypy --strict shared service worker cli
 
 pytest: $(VENV)/.dev tools
 	$(BIN)/pytest

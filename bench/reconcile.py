@@ -2,7 +2,7 @@
 
 Where Postgres comes from: ``TEST_DATABASE_URL``, else ``DATABASE_URL`` (a scratch database
 ``fmhl_bench_<random>`` is created on that server, so its user needs CREATEDB, and dropped at the
-end), else an embedded server (``shared.embedded.EmbeddedPostgres``) in a temporary directory,
+end), else an embedded server (``cli.embedded.EmbeddedPostgres``) in a temporary directory,
 destroyed at the end.
 
 Data, loaded set-based (one ``INSERT ... SELECT generate_series`` per table): every provider has
@@ -33,13 +33,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from shared.config import Settings
-from shared.db import create_pool, execute, fetch, fetchval
-from shared.embedded import EmbeddedPostgres
-from shared.logs import configure_logging
-from shared.metrics import Metrics
-from shared.migrations import migrate
-from shared.reconciliation import SCAN_MISMATCHES, reconcile_balances
+from cli.embedded import EmbeddedPostgres
+from shared.infra.config import Settings
+from shared.infra.db import create_pool, execute, fetch, fetchval
+from shared.infra.logs import configure_logging
+from shared.infra.metrics import Metrics
+from shared.infra.migrations import migrate
+from shared.marketplace.reconciliation import SCAN_MISMATCHES, reconcile_balances
 
 PROVIDERS = 100_000
 LEDGER_ROWS = 2_000_000

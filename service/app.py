@@ -14,10 +14,10 @@ from service.errors import EXCEPTION_HANDLERS
 from service.middleware import RequestContextMiddleware
 from service.routes import audit, auth, dlq, health, metrics, queues
 from service.state import AppState
-from shared.config import Settings, load_settings
-from shared.db import Database
-from shared.metrics import Metrics
-from shared.redis_conn import create_redis
+from shared.infra.config import Settings, load_settings
+from shared.infra.db import Database
+from shared.infra.metrics import Metrics
+from shared.infra.redis import create_redis
 
 ROUTE_MODULES = (health, metrics, auth, queues, dlq, audit)
 

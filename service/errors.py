@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from shared import errors
+from shared.infra import errors
 
 STATUS_BY_ERROR: dict[type[errors.DomainError], int] = {
     errors.Invalid: 400,

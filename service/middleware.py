@@ -15,8 +15,8 @@ import orjson
 from loguru import logger
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.correlation import accept_or_new, bind_correlation_id, reset_correlation_id
-from shared.metrics import Metrics
+from shared.infra.correlation import accept_or_new, bind_correlation_id, reset_correlation_id
+from shared.infra.metrics import Metrics
 
 MAX_BODY_BYTES = 1024 * 1024
 UNMATCHED_ROUTE = "unmatched"

@@ -11,18 +11,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from service.state import AppState
-from shared.heartbeat import HEARTBEAT_TTL_SECONDS, read_heartbeats
-from shared.queues import ALL_QUEUES
+from shared.infra.timefmt import now_iso_utc
+from shared.jobs.heartbeat import HEARTBEAT_TTL_SECONDS, read_heartbeats
+from shared.jobs.queues import ALL_QUEUES
 
 Check = dict[str, Any]
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 async def _bounded(work: Callable[[], Awaitable[Any]], timeout: float) -> tuple[Any, float]:
@@ -45,14 +41,14 @@ async def _datastore_check(work: Callable[[], Awaitable[Any]], timeout: float) -
             "observedValue": round(elapsed, 4),
             "observedUnit": "s",
             "status": "pass",
-            "time": _now_iso(),
+            "time": now_iso_utc(),
         }
     except Exception as exc:  # any failure is a failed check
         return {
             "componentType": "datastore",
             "status": "fail",
             "output": f"{type(exc).__name__}: {exc}"[:200],
-            "time": _now_iso(),
+            "time": now_iso_utc(),
         }
 
 
@@ -87,7 +83,7 @@ async def _workers_check(state: AppState, timeout: float) -> list[Check]:
                 "observedValue": round(age, 3),
                 "observedUnit": "s",
                 "status": "pass" if age <= HEARTBEAT_TTL_SECONDS else "warn",
-                "time": _now_iso(),
+                "time": now_iso_utc(),
             }
         )
     return checks

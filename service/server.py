@@ -10,47 +10,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Iterable
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.responses import Response
 
 from service.routes.metrics import refresh_scrape_gauges
 from service.state import AppState
-from shared.probe_http import ProbeServer, live_handler
+from shared.infra.http_server import build_uvicorn, probe_app
 
 DEFAULT_DRAIN_SECONDS = 3.0
 
 
-class _QuietSignalsServer(uvicorn.Server):
-    """uvicorn server whose signals are handled by ``run_until_signalled`` instead."""
+def metrics_side_server(state: AppState, host: str, port: int) -> uvicorn.Server:
+    """``METRICS_PORT``: ``/metrics`` and ``/health/live`` alone, so a NetworkPolicy can keep the
+    metrics internal while the main port stays open to clients."""
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-def build_uvicorn(app: Starlette, host: str, port: int) -> uvicorn.Server:
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_config=None,  # stdlib logging is already routed into loguru (JSON)
-        access_log=True,
-        lifespan="on",
-        timeout_graceful_shutdown=20,
-        server_header=False,
-    )
-    return _QuietSignalsServer(config)
-
-
-def metrics_side_server(state: AppState, host: str, port: int) -> ProbeServer:
-    async def metrics() -> tuple[int, bytes, str]:
+    async def metrics() -> Response:
         await refresh_scrape_gauges(state)
         body, content_type = state.metrics.render()
-        return 200, body, content_type
+        return Response(body, media_type=content_type)
 
-    return ProbeServer({"/metrics": metrics, "/health/live": live_handler}, host=host, port=port)
+    return build_uvicorn(probe_app(metrics), host, port, lifespan="off", head_deadline=True)
 
 
 async def run_until_signalled(
@@ -99,17 +81,11 @@ async def serve(
     app: Starlette, host: str, port: int, *, drain_seconds: float = DEFAULT_DRAIN_SECONDS
 ) -> None:
     state: AppState = app.state.ops
-    server = build_uvicorn(app, host, port)
-    side: ProbeServer | None = None
+    servers: list[uvicorn.Server] = [build_uvicorn(app, host, port)]
     if state.settings.metrics_port is not None:
-        side = metrics_side_server(state, host, state.settings.metrics_port)
-        await side.start()
+        servers.append(metrics_side_server(state, host, state.settings.metrics_port))
 
     def drain() -> None:
         state.draining = True
 
-    try:
-        await run_until_signalled([server], on_drain=drain, drain_seconds=drain_seconds)
-    finally:
-        if side is not None:
-            await side.stop()
+    await run_until_signalled(servers, on_drain=drain, drain_seconds=drain_seconds)

@@ -6,14 +6,14 @@ flip ``draining`` outside any request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from arq.connections import ArqRedis
 from starlette.requests import Request
 
-from shared.config import Settings
-from shared.db import Database
-from shared.metrics import Metrics
+from shared.infra.config import Settings
+from shared.infra.db import Database
+from shared.infra.metrics import Metrics
 
 
 @dataclass(slots=True)
@@ -23,7 +23,8 @@ class AppState:
     db: Database
     redis: ArqRedis
     draining: bool = False
-    gauge_cache: dict[str, float] = field(default_factory=dict)
+    # monotonic time the queue gauges were last refreshed for a scrape (cached briefly)
+    queue_gauges_refreshed_at: float = -1e9
 
 
 def app_state(request: Request) -> AppState:

@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
-from shared.errors import Invalid
+from shared.infra.errors import Invalid
+from shared.infra.ids import parse_uuid
 
 
 async def json_object(request: Request, *, allow_empty: bool = False) -> dict[str, Any]:
@@ -102,10 +103,10 @@ def json_int_in_range(value: Any, name: str, low: int, high: int, default: int) 
 def uuid_value(value: Any, name: str) -> uuid.UUID:
     if not isinstance(value, str):
         raise Invalid(f"{name} must be a UUID string")
-    try:
-        return uuid.UUID(value)
-    except ValueError as exc:
-        raise Invalid(f"{name} must be a UUID") from exc
+    parsed = parse_uuid(value)
+    if parsed is None:
+        raise Invalid(f"{name} must be a UUID")
+    return parsed
 
 
 def client_ip(request: Request) -> str | None:

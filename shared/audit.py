@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.correlation import current_correlation_id
-from shared.db import Conn, fetch, fetchval
+from shared.infra.correlation import current_correlation_id
+from shared.infra.db import Conn, fetch, fetchval
 
 INSERT_AUDIT = """
 INSERT INTO audit_log (actor, actor_user_id, action, target_type, target_id, metadata, ip, request_id)
@@ -27,6 +27,9 @@ WHERE ($1::text IS NULL OR action = $1) AND ($2::text IS NULL OR target_id = $2)
 ORDER BY occurred_at DESC, id DESC
 LIMIT $3
 """
+
+# The actor of audit rows written by job functions (no human behind them).
+WORKER_ACTOR = "system:worker"
 
 
 @dataclass(frozen=True, slots=True)

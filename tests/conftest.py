@@ -13,11 +13,11 @@ import asyncpg
 import pytest
 from arq.connections import ArqRedis
 
-from shared.config import Settings
-from shared.db import create_pool
-from shared.metrics import Metrics
-from shared.migrations import apply_migrations
-from shared.redis_conn import create_redis
+from shared.infra.config import Settings
+from shared.infra.db import create_pool
+from shared.infra.metrics import Metrics
+from shared.infra.migrations import apply_migrations
+from shared.infra.redis import create_redis
 from tests.infra import Backends, backends, database_dsn
 
 APP_TABLES = (

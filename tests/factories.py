@@ -9,9 +9,9 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 
-from shared.passwords import hash_password
-from shared.sessions import hash_token, new_token
-from shared.totp import code_at, current_step, encrypt_secret, new_secret
+from shared.auth.passwords import hash_password
+from shared.auth.sessions import hash_token, new_token
+from shared.auth.totp import code_at, current_step, encrypt_secret, new_secret
 
 
 async def create_provider(conn: Any, **overrides: Any) -> uuid.UUID:

@@ -14,7 +14,7 @@ import httpx
 from starlette.applications import Starlette
 
 from service.app import create_app
-from shared.config import Settings
+from shared.infra.config import Settings
 
 
 @contextlib.asynccontextmanager

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from shared.embedded import EmbeddedPostgres, EmbeddedRedis
+from cli.embedded import EmbeddedPostgres, EmbeddedRedis
 
 
 def docker_engine_available() -> bool:

@@ -7,12 +7,12 @@ from typing import Any
 
 from arq.worker import Function
 
-from shared.config import Settings
-from shared.db import Database
-from shared.metrics import Metrics
+from shared.infra.config import Settings
+from shared.infra.db import Database
+from shared.infra.metrics import Metrics
+from shared.jobs.policy import RetryPolicy
 from worker.failure import JobFunction, with_failure_policy
-from worker.policy import RetryPolicy
-from worker.runner import FmhlWorker, build_worker
+from worker.fmhl_worker import FmhlWorker, build_worker
 
 
 def job(queue: str, name: str, fn: JobFunction, **policy: Any) -> Function:

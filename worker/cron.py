@@ -31,17 +31,18 @@ from typing import Any
 from arq.cron import CronJob, cron
 
 from shared import audit
-from shared.config import Settings
-from shared.db import execute, fetchval
-from shared.dlq_cleanup import cleanup_dlq
-from shared.dlq_spool import drain_spool
-from shared.logs import log_event
-from shared.metrics import Metrics
-from shared.queues import SCHEDULER
-from shared.reactivation import reactivate_subscriptions
-from shared.reconciliation import reconcile_balances
+from shared.dlq.cleanup import cleanup_dlq
+from shared.dlq.spool import drain_spool
+from shared.infra.config import Settings
+from shared.infra.db import execute, fetchval
+from shared.infra.jsonable import dataclass_to_dict
+from shared.infra.logs import log_event
+from shared.infra.metrics import Metrics
+from shared.jobs.policy import RetryPolicy
+from shared.jobs.queues import SCHEDULER
+from shared.marketplace.reactivation import reactivate_subscriptions
+from shared.marketplace.reconciliation import reconcile_balances
 from worker.failure import with_failure_policy
-from worker.policy import RetryPolicy
 
 CronBody = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -120,11 +121,7 @@ def tick_of(ctx: Mapping[str, Any]) -> datetime:
 
 
 def _counts(result: Any) -> dict[str, Any]:
-    data = (
-        dataclasses.asdict(result)
-        if dataclasses.is_dataclass(result) and not isinstance(result, type)
-        else {}
-    )
+    data = dataclass_to_dict(result)
     return {
         k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in data.items()
     }

@@ -31,13 +31,14 @@ import asyncpg
 import redis.exceptions
 from arq.worker import Function, Retry, func
 
-from shared.correlation import bind_correlation_id, reset_correlation_id
-from shared.dlq import capture
-from shared.errors import Busy, DependencyUnavailable
-from shared.logs import log_event
-from shared.metrics import Metrics
-from worker.capture import record_from_exception, split_reserved_kwargs
-from worker.policy import RetryPolicy
+from shared.dlq.capture import capture
+from shared.infra.correlation import bind_correlation_id, reset_correlation_id
+from shared.infra.errors import Busy, DependencyUnavailable
+from shared.infra.logs import log_event
+from shared.infra.metrics import Metrics
+from shared.infra.redis import running_job_key
+from shared.jobs.policy import RetryPolicy
+from worker.failure_records import record_from_exception, split_reserved_kwargs
 
 JobFunction = Callable[..., Awaitable[Any]]
 
@@ -59,12 +60,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.TimeoutError,
 )
 
-RUNNING_KEY_PREFIX = "fmhl:job:running:"
 RUNNING_KEY_TTL_SECONDS = 86_400
-
-
-def running_key(job_id: str) -> str:
-    return f"{RUNNING_KEY_PREFIX}{job_id}"
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -124,8 +120,7 @@ def with_failure_policy(queue: str, name: str, policy: RetryPolicy, coroutine: J
                 correlation_id=correlation_id,
                 retry_of=retry_of,
             )
-            db = ctx.get("db")
-            await capture(lambda: db.pool if db is not None else None, redis, record, metrics)
+            await capture(ctx.get("db"), redis, record, metrics)
             if isinstance(exc, Retry):
                 # arq would retry a Retry forever past max_tries; end it as a plain failure.
                 raise RuntimeError(f"retries exhausted after {job_try} tries") from exc
@@ -151,7 +146,7 @@ async def _mark_running(redis: Any, job_id: str, job_try: int) -> None:
     if redis is None:
         return
     try:
-        await redis.set(running_key(job_id), str(job_try), ex=RUNNING_KEY_TTL_SECONDS)
+        await redis.set(running_job_key(job_id), str(job_try), ex=RUNNING_KEY_TTL_SECONDS)
     except Exception as exc:  # the marker only sharpens a DLQ reason; never fail the job for it
         log_event("WARNING", "job_running_marker_failed", job_id=job_id, error_type=type(exc).__name__)
 
@@ -160,6 +155,6 @@ async def _clear_running(redis: Any, job_id: str) -> None:
     if redis is None:
         return
     try:
-        await redis.delete(running_key(job_id))
+        await redis.delete(running_job_key(job_id))
     except Exception as exc:
         log_event("WARNING", "job_running_marker_failed", job_id=job_id, error_type=type(exc).__name__)

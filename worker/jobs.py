@@ -6,31 +6,26 @@ catches errors itself.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from typing import Any
 
-import orjson
-
-from shared import distribution, emails, refunds, reports
-from shared.errors import Invalid
+from shared.email import outbox as emails
+from shared.infra import ids
+from shared.infra.errors import Invalid
+from shared.infra.jsonable import to_jsonable
+from shared.marketplace import distribution, refunds, reports
 
 
 def parse_uuid(value: Any, name: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError as exc:
-        raise Invalid(f"{name} must be a UUID, got {str(value)[:64]!r}") from exc
+    parsed = ids.parse_uuid(value)
+    if parsed is None:
+        raise Invalid(f"{name} must be a UUID, got {str(value)[:64]!r}")
+    return parsed
 
 
 def summary(result: Any) -> Any:
     """A JSON-safe copy of a result dataclass (Decimal and UUID as strings) for arq's result key."""
-    data = (
-        dataclasses.asdict(result)
-        if dataclasses.is_dataclass(result) and not isinstance(result, type)
-        else result
-    )
-    return orjson.loads(orjson.dumps(data, default=str))
+    return to_jsonable(result)
 
 
 async def distribute_lead(ctx: dict[str, Any], lead_id: str) -> Any:

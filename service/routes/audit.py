@@ -12,13 +12,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.auth import Principal, admin_endpoint
+from service.guard import Principal, admin_endpoint
 from service.openapi_schemas import SECURITY, error_responses
 from service.state import app_state
 from service.validation import int_in_range, query_params
 from shared import audit
-from shared.dlq_browse import iso
-from shared.errors import Invalid
+from shared.infra.errors import Invalid
+from shared.infra.timefmt import iso_utc_or_none
 
 MAX_AUDIT_ROWS = 200
 
@@ -26,7 +26,7 @@ MAX_AUDIT_ROWS = 200
 def _entry_json(entry: audit.AuditEntry) -> dict[str, Any]:
     return {
         "id": entry.id,
-        "occurred_at": iso(entry.occurred_at),
+        "occurred_at": iso_utc_or_none(entry.occurred_at),
         "actor": entry.actor,
         "action": entry.action,
         "target_type": entry.target_type,

@@ -1,6 +1,6 @@
 """``/api/v1/auth/login``, ``/api/v1/auth/logout`` and ``/api/v1/admin/whoami``.
 
-Thin: validate the JSON body, call ``shared.login``, shape the answer. A body that is not a JSON
+Thin: validate the JSON body, call ``shared.auth.login``, shape the answer. A body that is not a JSON
 object with string ``email``, ``password`` and ``totp_code`` is a 400 ``invalid_request``; wrong
 values are one 401 ``invalid_credentials``; throttling is a 429 with ``Retry-After``. A server
 without a usable ``MFA_ENCRYPTION_KEY`` answers 503 and logs the configuration error.
@@ -8,29 +8,25 @@ without a usable ``MFA_ENCRYPTION_KEY`` answers 503 and logs the configuration e
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.auth import Principal, admin_endpoint, authenticate
 from service.errors import error_response
+from service.guard import Principal, admin_endpoint, authenticate
 from service.state import app_state
 from service.validation import client_ip, json_object
-from shared.config import ConfigError
-from shared.errors import Invalid
-from shared.login import LoginAttempt, LoginThrottled, login, logout
-from shared.logs import log_event
-from shared.passwords import MAX_PASSWORD_LENGTH
-from shared.users import MAX_EMAIL_LENGTH
+from shared.auth.login import LoginAttempt, LoginThrottled, login, logout
+from shared.auth.passwords import MAX_PASSWORD_LENGTH
+from shared.auth.users import MAX_EMAIL_LENGTH
+from shared.infra.config import ConfigError
+from shared.infra.errors import Invalid
+from shared.infra.logs import log_event
+from shared.infra.timefmt import iso_utc
 
 MAX_TOTP_CODE_LENGTH = 16
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _required_string(data: dict[str, Any], name: str, max_length: int) -> str:
@@ -60,7 +56,7 @@ async def login_endpoint(request: Request) -> Response:
         log_event("ERROR", "login_unconfigured", error_message=str(exc))
         return error_response(503, "unavailable", "login is not configured on this server")
     return JSONResponse(
-        {"token": result.session.token, "expires_at": _iso(result.session.expires_at)},
+        {"token": result.session.token, "expires_at": iso_utc(result.session.expires_at, "seconds")},
         headers={"Cache-Control": "no-store"},
     )
 

@@ -1,6 +1,6 @@
 """DLQ admin routes: list, groups, detail, retry, resolve, bulk redrive.
 
-Thin: validate → call ``shared.dlq_browse`` / ``shared.dlq_redrive`` → shape JSON. Every state
+Thin: validate → call ``shared.dlq.browse`` / ``shared.dlq.redrive`` → shape JSON. Every state
 change is audited in ``shared`` within its own transaction.
 """
 
@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.auth import Principal, admin_endpoint
+from service.guard import Principal, admin_endpoint
 from service.openapi_schemas import SECURITY, error_responses
 from service.state import AppState, app_state
 from service.validation import (
@@ -25,7 +25,7 @@ from service.validation import (
     reject_unknown,
     uuid_value,
 )
-from shared.dlq_browse import (
+from shared.dlq.browse import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
     DlqFilter,
@@ -35,8 +35,8 @@ from shared.dlq_browse import (
     list_entries,
     parse_entry_id,
 )
-from shared.dlq_redrive import DEFAULT_BULK, MAX_BULK, Actor, bulk_retry, resolve_entry, retry_entry
-from shared.errors import Invalid
+from shared.dlq.redrive import DEFAULT_BULK, MAX_BULK, Actor, bulk_retry, resolve_entry, retry_entry
+from shared.infra.errors import Invalid
 
 BASE = "/api/v1/admin/queues/dlq"
 

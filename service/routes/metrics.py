@@ -11,11 +11,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.state import AppState, app_state
-from shared.db import record_pool_gauges
-from shared.dlq_spool import spool_size
-from shared.errors import DependencyUnavailable
-from shared.logs import log_event
-from shared.queue_stats import collect_queue_stats, export_queue_gauges
+from shared.dlq.spool import spool_size
+from shared.infra.db import record_pool_gauges
+from shared.infra.errors import DependencyUnavailable
+from shared.infra.logs import log_event
+from shared.jobs.stats import collect_queue_stats, export_queue_gauges
 
 SCRAPE_CACHE_SECONDS = 5.0
 
@@ -30,13 +30,13 @@ async def refresh_scrape_gauges(state: AppState) -> None:
     with contextlib.suppress(DependencyUnavailable):
         record_pool_gauges(state.db.pool, state.metrics)
     now = time.monotonic()
-    if now - state.gauge_cache.get("queues_refreshed_at", -1e9) < SCRAPE_CACHE_SECONDS:
+    if now - state.queue_gauges_refreshed_at < SCRAPE_CACHE_SECONDS:
         return
     try:
-        stats = await collect_queue_stats(lambda: state.db.pool, state.redis)
+        stats = await collect_queue_stats(state.db, state.redis)
         export_queue_gauges(stats, state.metrics)
         state.metrics.set(state.metrics.dlq_spool_size, await spool_size(state.redis))
-        state.gauge_cache["queues_refreshed_at"] = now
+        state.queue_gauges_refreshed_at = now
     except Exception as exc:
         log_event("WARNING", "scrape_gauges_stale", error_type=type(exc).__name__)
 

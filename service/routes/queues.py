@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.auth import Principal, admin_endpoint
+from service.guard import Principal, admin_endpoint
 from service.openapi_schemas import SECURITY, error_responses
 from service.state import app_state
 from service.validation import query_params
-from shared.queue_stats import collect_queue_stats, export_queue_gauges
+from shared.infra.jsonable import dataclass_to_dict
+from shared.jobs.stats import collect_queue_stats, export_queue_gauges
 
 
 async def list_queues(request: Request, principal: Principal) -> Response:
     query_params(request, ())
     state = app_state(request)
-    stats = await collect_queue_stats(lambda: state.db.pool, state.redis)
+    stats = await collect_queue_stats(state.db, state.redis)
     export_queue_gauges(stats, state.metrics)
-    return JSONResponse({"queues": [asdict(item) for item in stats]})
+    return JSONResponse({"queues": [dataclass_to_dict(item) for item in stats]})
 
 
 ROUTES = [Route("/api/v1/admin/queues", admin_endpoint(list_queues), methods=["GET"])]

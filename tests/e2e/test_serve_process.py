@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from shared.embedded import free_port
+from cli.embedded import free_port
 from tests.procs import Proc, base_env, wait_http
 
 

@@ -15,11 +15,11 @@ import pyotp
 import pytest
 from cryptography.fernet import Fernet
 
-from shared.config import Settings
-from shared.correlation import bind_correlation_id, reset_correlation_id
-from shared.errors import Conflict, Invalid, NotFound
-from shared.passwords import verify_password
-from shared.users import DEMO_ADMIN_EMAIL, create_user, disable_user, ensure_demo_admin, reset_mfa
+from shared.auth.passwords import verify_password
+from shared.auth.users import DEMO_ADMIN_EMAIL, create_user, disable_user, ensure_demo_admin, reset_mfa
+from shared.infra.config import Settings
+from shared.infra.correlation import bind_correlation_id, reset_correlation_id
+from shared.infra.errors import Conflict, Invalid, NotFound
 from tests.helpers import running_app
 from tests.procs import FMHL_OPS, base_env
 

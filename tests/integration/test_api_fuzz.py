@@ -16,7 +16,7 @@ from urllib.parse import quote
 import orjson
 from cryptography.fernet import Fernet
 
-from shared.config import Settings
+from shared.infra.config import Settings
 from tests.factories import create_admin, create_admin_session, create_dlq_entry
 from tests.helpers import running_app
 

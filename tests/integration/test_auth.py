@@ -23,11 +23,11 @@ from starlette.applications import Starlette
 from starlette.convertors import FloatConvertor, IntegerConvertor
 from starlette.routing import BaseRoute, Mount, Route
 
-from shared.config import Settings
-from shared.logs import configure_logging
-from shared.sessions import new_token
-from shared.totp import code_at, current_step
-from shared.users import claim_totp_step
+from shared.auth.sessions import new_token
+from shared.auth.totp import code_at, current_step
+from shared.auth.users import claim_totp_step
+from shared.infra.config import Settings
+from shared.infra.logs import configure_logging
 from tests.factories import AdminAccount, create_admin, create_admin_session
 from tests.helpers import running_app
 

@@ -8,16 +8,16 @@ from typing import Any
 
 import orjson
 
-from shared.config import Settings
-from shared.db import Database
-from shared.metrics import Metrics
-from shared.queues import SCHEDULER
+from shared.infra.config import Settings
+from shared.infra.db import Database
+from shared.infra.metrics import Metrics
+from shared.jobs.policy import RetryPolicy
+from shared.jobs.queues import SCHEDULER
 from tests.factories import create_provider
 from tests.procs import FMHL_OPS, base_env
 from tests.worker_support import run_burst
 from worker.cron import CronDefinition, cron_runner, definition
 from worker.failure import with_failure_policy
-from worker.policy import RetryPolicy
 
 
 async def test_a_tick_runs_once_and_is_audited_with_metrics(

@@ -6,10 +6,10 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.config import Settings
-from shared.db import create_pool, fetchval, record_pool_gauges
-from shared.logs import configure_logging
-from shared.metrics import Metrics
+from shared.infra.config import Settings
+from shared.infra.db import create_pool, fetchval, record_pool_gauges
+from shared.infra.logs import configure_logging
+from shared.infra.metrics import Metrics
 
 
 async def test_named_queries_are_timed_and_slow_ones_logged(

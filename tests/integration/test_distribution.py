@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from arq.connections import ArqRedis
 
-from shared.distribution import MAX_PROVIDERS_PER_LEAD, distribute_lead, lead_assigned_key
-from shared.errors import Busy, NotFound
-from shared.metrics import Metrics
-from shared.queues import EMAIL_SEND, deserialize_job
+from shared.infra.errors import Busy, NotFound
+from shared.infra.metrics import Metrics
+from shared.infra.redis import deserialize_job
+from shared.jobs.queues import EMAIL_SEND
+from shared.marketplace.distribution import MAX_PROVIDERS_PER_LEAD, distribute_lead, lead_assigned_key
 from tests.factories import create_lead, create_provider, set_last_assigned_at
 
 PRICE = Decimal("10.00")

@@ -22,9 +22,9 @@ import orjson
 import pytest
 from cryptography.fernet import Fernet
 
-from shared.config import Settings
-from shared.dlq_browse import cursor_secret, encode_cursor
-from shared.queues import CORRELATION_KWARG, DISTRIBUTE_LEAD, EMAIL_SEND, REPORT_EXPORT, RETRY_OF_KWARG
+from shared.dlq.browse import cursor_secret, encode_cursor
+from shared.infra.config import Settings
+from shared.jobs.queues import CORRELATION_KWARG, DISTRIBUTE_LEAD, EMAIL_SEND, REPORT_EXPORT, RETRY_OF_KWARG
 from tests.factories import bulk_create_dlq_entries, create_admin, create_admin_session, create_dlq_entry
 from tests.helpers import running_app
 from tests.worker_support import job, run_burst

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shared.dlq_cleanup import cleanup_dlq
+from shared.dlq.cleanup import cleanup_dlq
 from tests.factories import bulk_create_dlq_entries, create_dlq_entry
 
 BULK = 50_000

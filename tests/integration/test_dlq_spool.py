@@ -9,14 +9,15 @@ from typing import Any
 
 import pytest
 
-from shared.config import Settings
-from shared.db import create_pool
-from shared.dlq import SPOOL_KEY
-from shared.dlq_spool import INFLIGHT_KEY, drain_spool, spool_size
-from shared.embedded import EmbeddedPostgres
-from shared.metrics import Metrics
-from shared.migrations import migrate
-from shared.queues import EMAIL_SEND, enqueue
+from cli.embedded import EmbeddedPostgres
+from shared.dlq.spool import drain_spool, spool_size
+from shared.infra.config import Settings
+from shared.infra.db import create_pool
+from shared.infra.metrics import Metrics
+from shared.infra.migrations import migrate
+from shared.infra.redis import DLQ_SPOOL_INFLIGHT_KEY, DLQ_SPOOL_KEY
+from shared.jobs.enqueue import enqueue
+from shared.jobs.queues import EMAIL_SEND
 from tests.worker_support import job, run_burst
 
 JOBS = 200
@@ -57,7 +58,7 @@ async def test_failures_while_postgres_is_down_are_drained_exactly_once(
 
     own_postgres.start()
     # A drainer that "dies" after moving a record to in-flight, before inserting it.
-    await redis.lmove(SPOOL_KEY, INFLIGHT_KEY, "LEFT", "RIGHT")
+    await redis.lmove(DLQ_SPOOL_KEY, DLQ_SPOOL_INFLIGHT_KEY, "LEFT", "RIGHT")
     pools = [await _pool(own_postgres), await _pool(own_postgres)]
     try:
         results = await asyncio.gather(*(drain_spool(p, redis, Metrics()) for p in pools))
@@ -77,8 +78,8 @@ async def test_failures_while_postgres_is_down_are_drained_exactly_once(
 async def test_drain_puts_the_record_back_when_postgres_fails(
     own_postgres: EmbeddedPostgres, redis: Any
 ) -> None:
-    from shared.dlq import FailureRecord
-    from shared.logs import now_utc
+    from shared.dlq.capture import FailureRecord
+    from shared.infra.logs import now_utc
 
     record = FailureRecord(
         queue=EMAIL_SEND,
@@ -94,13 +95,13 @@ async def test_drain_puts_the_record_back_when_postgres_fails(
         reason="permanent",
         failed_at=now_utc(),
     )
-    await redis.rpush(SPOOL_KEY, record.to_json())
+    await redis.rpush(DLQ_SPOOL_KEY, record.to_json())
     pool = await _pool(own_postgres)
     own_postgres.stop()
     try:
         with pytest.raises(Exception):  # noqa: B017 - any connection failure
             await drain_spool(pool, redis)
-        assert await redis.llen(SPOOL_KEY) == 1 and await redis.llen(INFLIGHT_KEY) == 0
+        assert await redis.llen(DLQ_SPOOL_KEY) == 1 and await redis.llen(DLQ_SPOOL_INFLIGHT_KEY) == 0
     finally:
         pool.terminate()
         own_postgres.start()

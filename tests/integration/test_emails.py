@@ -16,11 +16,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from loguru import logger
 
-from shared.config import Settings
-from shared.email_templates import UnknownTemplate
-from shared.emails import EmailRejected, EmailTemporaryFailure, send_email
-from shared.errors import Conflict, Invalid
-from shared.metrics import Metrics
+from shared.email.outbox import EmailRejected, EmailTemporaryFailure, send_email
+from shared.email.templates import UnknownTemplate
+from shared.infra.config import Settings
+from shared.infra.errors import Conflict, Invalid
+from shared.infra.metrics import Metrics
 from tests.helpers import closed_port
 
 CONTEXT = {

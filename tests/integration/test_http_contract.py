@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from shared.config import Settings
-from shared.logs import configure_logging
+from shared.infra.config import Settings
+from shared.infra.logs import configure_logging
 from tests.helpers import running_app
 
 

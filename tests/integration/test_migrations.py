@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shared.migrations import default_sql_dir, migrate
+from shared.infra.migrations import default_sql_dir, migrate
 from tests.infra import Backends, database_dsn
 from tests.procs import FMHL_OPS, base_env
 

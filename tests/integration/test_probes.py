@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import Settings
-from shared.embedded import EmbeddedPostgres, EmbeddedRedis
-from shared.heartbeat import Heartbeat, write_heartbeat
-from shared.queues import ALL_QUEUES
-from shared.redis_conn import create_redis
+from cli.embedded import EmbeddedPostgres, EmbeddedRedis
+from shared.infra.config import Settings
+from shared.infra.redis import create_redis
+from shared.jobs.heartbeat import Heartbeat, write_heartbeat
+from shared.jobs.queues import ALL_QUEUES
 from tests.helpers import black_hole_port, closed_port, running_app, signal_tree
 
 TIMEOUT = 1.0

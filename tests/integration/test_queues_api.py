@@ -20,12 +20,13 @@ import pytest
 from cryptography.fernet import Fernet
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.config import Settings
-from shared.embedded import EmbeddedRedis
-from shared.heartbeat import Heartbeat, write_heartbeat
-from shared.queue_stats import STATS_TIMEOUT_SECONDS
-from shared.queues import DISTRIBUTE_LEAD, EMAIL_SEND, REPORT_EXPORT, SCHEDULER, enqueue
-from shared.redis_conn import create_redis
+from cli.embedded import EmbeddedRedis
+from shared.infra.config import Settings
+from shared.infra.redis import create_redis
+from shared.jobs.enqueue import enqueue
+from shared.jobs.heartbeat import Heartbeat, write_heartbeat
+from shared.jobs.queues import DISTRIBUTE_LEAD, EMAIL_SEND, REPORT_EXPORT, SCHEDULER
+from shared.jobs.stats import STATS_TIMEOUT_SECONDS
 from tests.factories import bulk_create_dlq_entries, create_admin, create_admin_session, create_dlq_entry
 from tests.helpers import black_hole_port, closed_port, running_app
 
@@ -194,7 +195,7 @@ async def test_redis_stopped_mid_test_gives_503_and_the_gauges_keep_their_last_v
             assert time.monotonic() - started < STATS_TIMEOUT_SECONDS + 2
             _assert_unavailable(after, "redis")
 
-            app.state.ops.gauge_cache.clear()  # force a refresh at this scrape
+            app.state.ops.queue_gauges_refreshed_at = -1e9  # force a refresh at this scrape
             scrape = await client.get("/metrics")
             assert scrape.status_code == 200
             assert _gauges(scrape.text)[("fmhl_queue_depth", EMAIL_SEND)] == 3  # stale, not zero

@@ -5,8 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from shared.metrics import Metrics
-from shared.reactivation import reactivate_subscriptions
+from shared.infra.metrics import Metrics
+from shared.marketplace.reactivation import reactivate_subscriptions
 from tests.factories import create_provider
 
 

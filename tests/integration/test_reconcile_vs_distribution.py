@@ -6,10 +6,10 @@ import asyncio
 from decimal import Decimal
 from typing import Any
 
-from shared.distribution import distribute_lead
-from shared.errors import Busy
-from shared.metrics import Metrics
-from shared.reconciliation import reconcile_balances
+from shared.infra.errors import Busy
+from shared.infra.metrics import Metrics
+from shared.marketplace.distribution import distribute_lead
+from shared.marketplace.reconciliation import reconcile_balances
 from tests.factories import create_lead, create_provider
 
 PROVIDERS = 8

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from loguru import logger
 
-from shared.logs import record_to_dict
-from shared.metrics import Metrics
-from shared.reconciliation import reconcile_balances
+from shared.infra.logs import record_to_dict
+from shared.infra.metrics import Metrics
+from shared.marketplace.reconciliation import reconcile_balances
 from tests.factories import create_provider
 
 MAX = Decimal("1.00")

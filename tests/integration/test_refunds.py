@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from shared.errors import Invalid, NotFound
-from shared.metrics import Metrics
-from shared.refunds import refund_bad_lead
+from shared.infra.errors import Invalid, NotFound
+from shared.infra.metrics import Metrics
+from shared.marketplace.refunds import refund_bad_lead
 from tests.factories import create_assignment, create_lead, create_provider
 
 

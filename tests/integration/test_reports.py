@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from arq.connections import ArqRedis
 
-from shared.errors import NotFound
-from shared.metrics import Metrics
-from shared.queues import EMAIL_SEND, deserialize_job
-from shared.reports import CSV_HEADER, FETCH_BATCH_ROWS, export_report
+from shared.infra.errors import NotFound
+from shared.infra.metrics import Metrics
+from shared.infra.redis import deserialize_job
+from shared.jobs.queues import EMAIL_SEND
+from shared.marketplace.reports import CSV_HEADER, FETCH_BATCH_ROWS, export_report
 from tests.factories import create_assignment, create_lead, create_provider, create_report_export
 
 
@@ -194,7 +195,7 @@ async def test_failure_marks_the_export_failed_and_sends_nothing(
     def broken_row(row: Any) -> tuple[str, ...]:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("shared.reports._csv_row", broken_row)
+    monkeypatch.setattr("shared.marketplace.reports._csv_row", broken_row)
     with pytest.raises(RuntimeError):
         await export_report(clean_db, redis, metrics, export_id)
 

@@ -10,13 +10,15 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.config import Settings
-from shared.dlq import capture
-from shared.metrics import Metrics
-from shared.queues import EMAIL_SEND, enqueue
-from shared.redis_conn import create_redis
+from shared.dlq.capture import capture
+from shared.infra.config import Settings, load_settings
+from shared.infra.db import Database
+from shared.infra.metrics import Metrics
+from shared.infra.redis import create_redis
+from shared.jobs.enqueue import enqueue
+from shared.jobs.queues import EMAIL_SEND
 from tests.worker_support import job, run_burst
-from worker.capture import record_from_exception
+from worker.failure_records import record_from_exception
 
 QUEUE = EMAIL_SEND
 
@@ -169,7 +171,8 @@ async def test_capturing_the_same_job_twice_leaves_one_row(clean_db: Any, redis:
             correlation_id=None,
             retry_of=None,
         )
-    outcomes = await asyncio.gather(*(capture(lambda: clean_db, redis, record, None) for _ in range(5)))
+    db = Database.from_pool(load_settings({}), clean_db)
+    outcomes = await asyncio.gather(*(capture(db, redis, record, None) for _ in range(5)))
     assert sorted(outcomes) == ["duplicate"] * 4 + ["stored"]
     assert len(await _dlq_rows(clean_db)) == 1
 
@@ -196,8 +199,8 @@ async def test_retried_job_failing_again_points_back_with_retry_of(
 async def test_capture_falls_back_to_the_spool_then_to_the_log(
     settings: Settings, redis_url: str, capfd: Any
 ) -> None:
-    from shared.dlq_spool import spool_size
-    from shared.logs import configure_logging
+    from shared.dlq.spool import spool_size
+    from shared.infra.logs import configure_logging
 
     try:
         raise RuntimeError("boom 7")
@@ -216,20 +219,19 @@ async def test_capture_falls_back_to_the_spool_then_to_the_log(
             retry_of=None,
         )
 
-    def no_pool() -> Any:
-        raise ConnectionRefusedError("postgres down")
-
+    never_connected = Database(load_settings({}), application_name="test-never-connected")
     client = create_redis(redis_url)
     await client.flushdb()
-    assert await capture(no_pool, client, record, None) == "spooled"
+    assert await capture(never_connected, client, record, None) == "spooled"
     assert await spool_size(client) == 1
     await client.flushdb()
     await client.aclose()
     dead_redis = create_redis("redis://127.0.0.1:1/0", timeout_seconds=0.5)
     configure_logging("INFO", "json")
     capfd.readouterr()
-    assert await capture(no_pool, dead_redis, record, None) == "logged"
+    assert await capture(None, dead_redis, record, None) == "logged"
     out = capfd.readouterr().out
     await dead_redis.aclose()
     assert '"event":"dlq_capture_lost_to_log"' in out
+    assert '"postgres_error":"postgres unavailable: no database in this process"' in out
     assert '"job_id":"spool-1"' in out and '"stack_trace"' in out and "boom 7" in out

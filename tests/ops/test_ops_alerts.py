@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.metrics import DISTRIBUTION_BUCKETS, INBOX_BUCKETS, Metrics
+from shared.infra.metrics import DISTRIBUTION_BUCKETS, INBOX_BUCKETS, Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS_DIR = REPO / "alerts"
@@ -159,7 +159,7 @@ def service_route_patterns() -> list[re.Pattern[str]]:
     from starlette.routing import Mount
 
     from service.app import create_app
-    from shared.config import load_settings
+    from shared.infra.config import load_settings
 
     app = create_app(load_settings({"DATABASE_URL": "postgresql://u@db/x", "REDIS_URL": "redis://r/0"}))
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from shared.metrics import Metrics
+from shared.infra.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "dashboards" / "fmhl-ops.json"
@@ -94,7 +94,7 @@ def panel_exprs(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def code_metrics() -> tuple[set[str], set[str]]:
-    """(base names, histogram base names) from shared.metrics."""
+    """(base names, histogram base names) from shared.infra.metrics."""
     metrics = Metrics()
     names = set(metrics.names())
     histograms = {name for name in names if type(metrics.registry.collectors[name]).__name__ == "Histogram"}

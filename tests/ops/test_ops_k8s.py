@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.config import load_settings
-from shared.metrics import Metrics
-from shared.queues import ALL_QUEUES, JOB_QUEUES
+from shared.infra.config import load_settings
+from shared.infra.metrics import Metrics
+from shared.jobs.queues import ALL_QUEUES, JOB_QUEUES
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -150,15 +150,16 @@ def worker_facts() -> dict[str, tuple[int, frozenset[str]]]:
     FmhlWorker derives job_completion_wait from its longest job timeout; the probe server is what
     ``fmhl-ops worker`` serves on WORKER_METRICS_PORT. Building them dials nothing.
     """
-    from worker.process import probe_server
-    from worker.runner import build_worker
+    from worker.fmhl_worker import build_worker
+    from worker.process import probe_app_for
 
     async def build() -> dict[str, tuple[int, frozenset[str]]]:
         facts = {}
         for queue in ALL_QUEUES:
             worker = build_worker(queue, load_settings({}), redis=object(), handle_signals=False)
-            probe = probe_server(worker, port=0)
-            facts[queue] = (int(worker._job_completion_wait), frozenset(probe._routes))
+            probe = probe_app_for(worker)
+            paths = frozenset(getattr(route, "path", "") for route in probe.routes)
+            facts[queue] = (int(worker._job_completion_wait), paths)
         return facts
 
     return asyncio.run(build())

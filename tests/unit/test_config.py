@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from shared.config import ConfigError, load_settings
+from shared.infra.config import ConfigError, load_settings
 
 
 def test_defaults_match_the_contract() -> None:

@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from shared.correlation import accept_or_new
+from shared.infra.correlation import accept_or_new
 
 
 @pytest.mark.parametrize("value", ["abc", "A.b-c_9", "x" * 128, "req-123.4"])

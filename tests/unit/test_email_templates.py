@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.email_templates import (
+from shared.email.templates import (
     TEMPLATES,
     UnknownTemplate,
     placeholders,
@@ -15,7 +15,7 @@ from shared.email_templates import (
     required_context,
     template_names,
 )
-from shared.errors import Invalid
+from shared.infra.errors import Invalid
 
 ROOT = Path(__file__).resolve().parents[2]
 

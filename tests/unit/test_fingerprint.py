@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.fingerprint import fingerprint, mask_message, top_app_frame
+from shared.dlq.fingerprint import fingerprint, mask_message, top_app_frame
 
 TEMPLATES = st.sampled_from(
     [
@@ -57,8 +57,8 @@ def test_fingerprint_is_stable_and_frame_sensitive() -> None:
 
 
 def test_top_app_frame_is_the_innermost_frame_in_our_packages() -> None:
-    from shared.config import ConfigError, load_settings
+    from shared.infra.config import ConfigError, load_settings
 
     with pytest.raises(ConfigError) as info:
         load_settings({"DLQ_RETENTION_DAYS": "x"})
-    assert top_app_frame(info.value.__traceback__) == "shared.config:_parse"
+    assert top_app_frame(info.value.__traceback__) == "shared.infra.config:_parse"

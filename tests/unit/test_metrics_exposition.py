@@ -6,7 +6,7 @@ import subprocess
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.metrics import Metrics
+from shared.infra.metrics import Metrics
 
 
 def _populated() -> Metrics:

@@ -13,14 +13,14 @@ import pyotp
 import pytest
 from cryptography.fernet import Fernet
 
-from service.cli_admin import read_password
-from shared import passwords, totp
-from shared.config import ConfigError, Settings, load_settings
-from shared.errors import Invalid
-from shared.login import LoginAttempt
-from shared.passwords import DUMMY_HASH, hash_password, verify_dummy, verify_password
-from shared.sessions import hash_token, is_well_formed_token, new_token
-from shared.users import User, normalize_email
+from cli.admin import read_password
+from shared.auth import passwords, totp
+from shared.auth.login import LoginAttempt
+from shared.auth.passwords import DUMMY_HASH, hash_password, verify_dummy, verify_password
+from shared.auth.sessions import hash_token, is_well_formed_token, new_token
+from shared.auth.users import User, normalize_email
+from shared.infra.config import ConfigError, Settings, load_settings
+from shared.infra.errors import Invalid
 
 SETTINGS = Settings(database_url=None, redis_url=None)
 

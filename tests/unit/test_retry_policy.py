@@ -5,9 +5,9 @@ import random
 import asyncpg
 import pytest
 
-from shared.errors import Busy, DependencyUnavailable, Invalid, NotFound
+from shared.infra.errors import Busy, DependencyUnavailable, Invalid, NotFound
+from shared.jobs.policy import RetryPolicy
 from worker.failure import is_transient
-from worker.policy import RetryPolicy
 
 
 @pytest.mark.parametrize(

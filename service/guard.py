@@ -1,0 +1,93 @@
+"""The guard every ``/api/v1/admin/*`` route calls first.
+
+Usage in a route module::
+
+    async def list_things(request: Request) -> Response:
+        principal = await require_admin(request)
+        ...
+
+or wrap the endpoint: ``Route("/api/v1/admin/things", admin_endpoint(list_things))`` where
+``list_things(request, principal)``.
+
+Every request re-reads its session joined with its user (one indexed query), so a revoked
+session, an expired one or a disabled user stops working at once. Failures are domain errors
+that ``service/errors.py`` renders in the JSON error shape:
+
+* no ``Authorization`` header, not ``Bearer <token>``, a token of the wrong shape, an unknown,
+  expired or revoked token, a disabled user → 401 ``unauthenticated`` (one message for all, so
+  the answer does not tell a caller which case they hit);
+* a live session whose user is not allowed (``support`` on an admin route) → 403 ``forbidden``.
+
+Every admin API route uses ``require_admin``: ``support`` users get 403 there.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.state import app_state
+from shared.auth.sessions import find_live_session, is_well_formed_token
+from shared.infra.errors import Forbidden, Unauthenticated
+
+_UNAUTHENTICATED = "a valid bearer token of a live admin session is required"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: uuid.UUID
+    email: str
+    role: str
+    session_id: uuid.UUID
+
+
+def bearer_token(request: Request) -> str:
+    """The token of ``Authorization: Bearer <token>``; ``Unauthenticated`` if absent or malformed."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not is_well_formed_token(token):
+        raise Unauthenticated(_UNAUTHENTICATED)
+    return token
+
+
+async def authenticate(request: Request) -> Principal:
+    """The principal of a live, MFA-passed session of an enabled user, whatever the role."""
+    token = bearer_token(request)
+    async with app_state(request).db.pool.acquire() as conn:
+        session = await find_live_session(conn, token)
+    if session is None:
+        raise Unauthenticated(_UNAUTHENTICATED)
+    principal = Principal(session.user_id, session.email, session.role, session.session_id)
+    request.state.principal = principal
+    return principal
+
+
+async def require_admin(request: Request) -> Principal:
+    """A live session of an ``admin``: 401 without one, 403 for any other role."""
+    principal = await authenticate(request)
+    if principal.role != "admin":
+        raise Forbidden("this route requires the admin role")
+    return principal
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+GuardedEndpoint = Callable[[Request, Principal], Awaitable[Response]]
+
+
+def _guarded(guard: Callable[[Request], Awaitable[Principal]], handler: GuardedEndpoint) -> Endpoint:
+    async def endpoint(request: Request) -> Response:
+        return await handler(request, await guard(request))
+
+    endpoint.__name__ = handler.__name__
+    endpoint.__doc__ = handler.__doc__
+    return endpoint
+
+
+def admin_endpoint(handler: GuardedEndpoint) -> Endpoint:
+    """Wrap ``handler(request, principal)`` so it runs only for admins."""
+    return _guarded(require_admin, handler)

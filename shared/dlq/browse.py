@@ -1,0 +1,258 @@
+"""Reading the DLQ: entries, keyset pages, groups by fingerprint, one entry in full.
+
+Pages are newest first, ordered by (failed_at, id) descending, and continue strictly after the
+cursor's (failed_at, id): new failures arriving meanwhile sort before the cursor, so a walk over
+every page never repeats an entry and sees each entry that existed when it started exactly once.
+Cursors are opaque and HMAC-signed (``cursor_secret``), so a tampered cursor is a 400.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from shared.infra.db import Conn, fetch, fetchrow
+from shared.infra.errors import Invalid, NotFound
+from shared.infra.ids import parse_uuid
+from shared.infra.timefmt import iso_utc_or_none
+from shared.jobs.queues import ALL_QUEUES
+
+MAX_LIMIT = 100
+DEFAULT_LIMIT = 20
+
+LIST_COLUMNS = """
+    id, queue_name, job_id, function, error_type, error_message, fingerprint, attempts, reason,
+    enqueued_at, failed_at, correlation_id, resolved_at, resolved_by, resolution, retry_job_id, retry_of
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DlqEntry:
+    id: uuid.UUID
+    queue: str
+    job_id: str
+    function: str
+    error_type: str
+    error_message: str
+    fingerprint: str
+    attempts: int
+    reason: str
+    enqueued_at: datetime | None
+    failed_at: datetime
+    correlation_id: str | None
+    resolved_at: datetime | None
+    resolved_by: str | None
+    resolution: str | None
+    retry_job_id: str | None
+    retry_of: uuid.UUID | None
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    stack_trace: str | None = None
+    resolution_note: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> DlqEntry:
+        data = dict(row)
+        data["queue"] = data.pop("queue_name")
+        return cls(**data)
+
+    def to_json(self, *, detail: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": str(self.id),
+            "queue": self.queue,
+            "job_id": self.job_id,
+            "function": self.function,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+            "fingerprint": self.fingerprint,
+            "attempts": self.attempts,
+            "reason": self.reason,
+            "enqueued_at": iso_utc_or_none(self.enqueued_at),
+            "failed_at": iso_utc_or_none(self.failed_at),
+            "correlation_id": self.correlation_id,
+            "resolved": self.resolved_at is not None,
+            "resolved_at": iso_utc_or_none(self.resolved_at),
+            "resolved_by": self.resolved_by,
+            "resolution": self.resolution,
+            "retry_job_id": self.retry_job_id,
+            "retry_of": str(self.retry_of) if self.retry_of else None,
+        }
+        if detail:
+            body |= {
+                "args": self.args,
+                "kwargs": self.kwargs,
+                "stack_trace": self.stack_trace,
+                "resolution_note": self.resolution_note,
+            }
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class DlqGroup:
+    fingerprint: str
+    queue: str
+    function: str
+    error_type: str
+    sample_message: str
+    count: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "queue": self.queue,
+            "function": self.function,
+            "error_type": self.error_type,
+            "sample_message": self.sample_message,
+            "count": self.count,
+            "first_failed_at": iso_utc_or_none(self.first_failed_at),
+            "last_failed_at": iso_utc_or_none(self.last_failed_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DlqFilter:
+    queue: str | None = None
+    resolved: bool | None = None
+    fingerprint: str | None = None
+    q: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.queue is not None and self.queue not in ALL_QUEUES:
+            raise Invalid(f"queue must be one of {', '.join(ALL_QUEUES)}")
+        if self.fingerprint is not None and not (1 <= len(self.fingerprint) <= 64):
+            raise Invalid("fingerprint must be 1-64 characters")
+        if self.q is not None and not (1 <= len(self.q) <= 200):
+            raise Invalid("q must be 1-200 characters")
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[DlqEntry]
+    next_cursor: str | None
+
+
+# -- cursors ---------------------------------------------------------------------------------
+def encode_cursor(failed_at: datetime, entry_id: uuid.UUID, secret: bytes) -> str:
+    payload = orjson.dumps({"f": failed_at.isoformat(), "i": str(entry_id)})
+    mac = hmac.new(secret, payload, hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(mac + payload).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, secret: bytes) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        mac, payload = raw[:16], raw[16:]
+        if not hmac.compare_digest(mac, hmac.new(secret, payload, hashlib.sha256).digest()[:16]):
+            raise ValueError("signature")
+        data = orjson.loads(payload)
+        return datetime.fromisoformat(data["f"]), uuid.UUID(data["i"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise Invalid("cursor is malformed or was not issued by this server", code="invalid_cursor") from exc
+
+
+def cursor_secret(seed: str | None) -> bytes:
+    """Key for cursor signatures, derived from a deployment secret (a fixed one in dev)."""
+    return hashlib.sha256(b"fmhl-dlq-cursor:" + (seed or "fmhl-dev-only").encode()).digest()
+
+
+# -- queries ---------------------------------------------------------------------------------
+_WHERE = """
+WHERE ($1::text IS NULL OR queue_name = $1)
+  AND ($2::boolean IS NULL OR (resolved_at IS NOT NULL) = $2)
+  AND ($3::text IS NULL OR fingerprint = $3)
+  AND ($4::text IS NULL OR search @@ websearch_to_tsquery('simple', $4))
+"""
+
+LIST_PAGE = f"""
+SELECT {LIST_COLUMNS}
+FROM dead_letter_queue
+{_WHERE}
+  AND ($5::timestamptz IS NULL OR (failed_at, id) < ($5, $6::uuid))
+ORDER BY failed_at DESC, id DESC
+LIMIT $7
+"""
+
+
+async def list_entries(
+    conn: Conn, filters: DlqFilter, *, limit: int = DEFAULT_LIMIT, cursor: str | None, secret: bytes
+) -> Page:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise Invalid(f"limit must be between 1 and {MAX_LIMIT}")
+    after_time, after_id = decode_cursor(cursor, secret) if cursor else (None, None)
+    rows = await fetch(
+        conn,
+        "dlq_list_page",
+        LIST_PAGE,
+        filters.queue,
+        filters.resolved,
+        filters.fingerprint,
+        filters.q,
+        after_time,
+        after_id,
+        limit + 1,
+    )
+    items = [DlqEntry.from_row(row) for row in rows[:limit]]
+    next_cursor = encode_cursor(items[-1].failed_at, items[-1].id, secret) if len(rows) > limit else None
+    return Page(items, next_cursor)
+
+
+GROUPS = """
+SELECT fingerprint, queue_name, function, error_type,
+       (array_agg(error_message ORDER BY failed_at DESC))[1] AS sample_message,
+       count(*) AS count, min(failed_at) AS first_failed_at, max(failed_at) AS last_failed_at
+FROM dead_letter_queue
+WHERE ($1::text IS NULL OR queue_name = $1)
+  AND ($2::boolean IS NULL OR (resolved_at IS NOT NULL) = $2)
+GROUP BY fingerprint, queue_name, function, error_type
+ORDER BY count(*) DESC, max(failed_at) DESC
+LIMIT $3
+"""
+
+
+async def group_entries(
+    conn: Conn, *, queue: str | None, resolved: bool | None, limit: int = 200
+) -> list[DlqGroup]:
+    DlqFilter(queue=queue)  # validates
+    rows = await fetch(conn, "dlq_groups", GROUPS, queue, resolved, limit)
+    return [
+        DlqGroup(
+            fingerprint=row["fingerprint"],
+            queue=row["queue_name"],
+            function=row["function"],
+            error_type=row["error_type"],
+            sample_message=row["sample_message"],
+            count=int(row["count"]),
+            first_failed_at=row["first_failed_at"],
+            last_failed_at=row["last_failed_at"],
+        )
+        for row in rows
+    ]
+
+
+GET_ENTRY = f"""
+SELECT {LIST_COLUMNS}, args, kwargs, stack_trace, resolution_note
+FROM dead_letter_queue WHERE id = $1
+"""
+
+
+async def get_entry(conn: Conn, entry_id: uuid.UUID) -> DlqEntry:
+    row = await fetchrow(conn, "dlq_get", GET_ENTRY, entry_id)
+    if row is None:
+        raise NotFound(f"no DLQ entry {entry_id}")
+    return DlqEntry.from_row(row)
+
+
+def parse_entry_id(raw: str) -> uuid.UUID:
+    entry_id = parse_uuid(raw)
+    if entry_id is None:
+        raise Invalid("DLQ entry id must be a UUID")
+    return entry_id

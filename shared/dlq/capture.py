@@ -1,0 +1,178 @@
+"""The dead-letter queue: one Postgres row per job that failed for good, never lost, never twice.
+
+``capture`` never raises. It tries Postgres (``INSERT ... ON CONFLICT (queue_name, job_id) DO
+NOTHING``: a second capture of the same job is a no-op); if Postgres cannot be reached it pushes
+the record onto a Redis list (the spool, drained by ``shared.dlq.spool``); if Redis is down too,
+the whole record is logged at ERROR as one JSON line (``dlq_capture_lost_to_log``), so an
+operator can still replay it from the logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+
+from shared.infra.db import Conn, Database, fetchval
+from shared.infra.errors import DependencyUnavailable
+from shared.infra.jsonable import dataclass_to_dict
+from shared.infra.logs import log_event
+from shared.infra.metrics import Metrics
+from shared.infra.redis import DLQ_SPOOL_KEY, RedisClient
+
+CAPTURE_DB_TIMEOUT_SECONDS = 5.0
+CAPTURE_REDIS_TIMEOUT_SECONDS = 3.0
+
+CaptureOutcome = Literal["stored", "duplicate", "spooled", "logged"]
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRecord:
+    """Everything an on-call engineer needs to understand and replay a failed job."""
+
+    queue: str
+    job_id: str
+    function: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    error_type: str
+    error_message: str
+    stack_trace: str
+    fingerprint: str
+    attempts: int
+    reason: str
+    failed_at: datetime
+    enqueued_at: datetime | None = None
+    correlation_id: str | None = None
+    retry_of: uuid.UUID | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        data = dataclass_to_dict(self)
+        data["failed_at"] = self.failed_at.isoformat()
+        data["enqueued_at"] = self.enqueued_at.isoformat() if self.enqueued_at else None
+        data["retry_of"] = str(self.retry_of) if self.retry_of else None
+        return orjson.dumps(data, default=str)
+
+    @classmethod
+    def from_json(cls, payload: bytes | str) -> FailureRecord:
+        data = orjson.loads(payload)
+        data["failed_at"] = datetime.fromisoformat(data["failed_at"])
+        data["enqueued_at"] = datetime.fromisoformat(data["enqueued_at"]) if data.get("enqueued_at") else None
+        data["retry_of"] = uuid.UUID(data["retry_of"]) if data.get("retry_of") else None
+        return cls(**data)
+
+
+INSERT_FAILURE = """
+INSERT INTO dead_letter_queue (
+    queue_name, job_id, function, args, kwargs, error_type, error_message, stack_trace,
+    fingerprint, attempts, reason, enqueued_at, failed_at, correlation_id, retry_of
+)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+        (SELECT id FROM dead_letter_queue WHERE id = $15))
+ON CONFLICT (queue_name, job_id) DO NOTHING
+RETURNING id
+"""
+
+
+async def insert_failure(conn: Conn, record: FailureRecord) -> uuid.UUID | None:
+    """Insert one DLQ row; ``None`` when this (queue, job id) was already captured.
+
+    ``retry_of`` is kept only if that entry still exists (it may have been pruned).
+    """
+    entry_id: uuid.UUID | None = await fetchval(
+        conn,
+        "dlq_insert",
+        INSERT_FAILURE,
+        record.queue,
+        record.job_id,
+        record.function,
+        record.args,
+        record.kwargs,
+        record.error_type,
+        record.error_message,
+        record.stack_trace,
+        record.fingerprint,
+        record.attempts,
+        record.reason,
+        record.enqueued_at,
+        record.failed_at,
+        record.correlation_id,
+        record.retry_of,
+    )
+    return entry_id
+
+
+async def _store(pool: Any, record: FailureRecord) -> uuid.UUID | None:
+    async with pool.acquire(timeout=CAPTURE_DB_TIMEOUT_SECONDS) as conn:
+        return await insert_failure(conn, record)
+
+
+async def capture(
+    db: Database | None,
+    redis: RedisClient | None,
+    record: FailureRecord,
+    metrics: Metrics | None,
+) -> CaptureOutcome:
+    """Record a final failure. Never raises (an exception in an arq hook kills the worker).
+
+    ``db`` is ``None`` in a process without a database, and ``db.pool`` raises while it is not
+    connected yet; either sends the record to the spool with a plain "no database" reason.
+    """
+    try:
+        if db is None:
+            raise DependencyUnavailable("postgres", "no database in this process")
+        pool = db.pool
+        entry_id = await asyncio.wait_for(_store(pool, record), timeout=CAPTURE_DB_TIMEOUT_SECONDS * 2)
+        outcome: CaptureOutcome = "stored" if entry_id is not None else "duplicate"
+        if metrics is not None and outcome == "stored":
+            metrics.inc(metrics.dlq_captured_total, {"queue": record.queue})
+        log_event(
+            "WARNING",
+            "dlq_captured" if outcome == "stored" else "dlq_capture_duplicate",
+            queue=record.queue,
+            job_id=record.job_id,
+            function=record.function,
+            reason=record.reason,
+            error_type=record.error_type,
+            fingerprint=record.fingerprint,
+            attempts=record.attempts,
+            dlq_id=str(entry_id) if entry_id else None,
+        )
+        return outcome
+    except Exception as db_error:
+        pg_error = (
+            db_error.message
+            if isinstance(db_error, DependencyUnavailable)
+            else f"{type(db_error).__name__}: {db_error}"
+        )
+    try:
+        if redis is None:
+            raise ConnectionError("no redis client")
+        await asyncio.wait_for(
+            redis.rpush(DLQ_SPOOL_KEY, record.to_json()), timeout=CAPTURE_REDIS_TIMEOUT_SECONDS
+        )
+        log_event(
+            "WARNING",
+            "dlq_spooled",
+            queue=record.queue,
+            job_id=record.job_id,
+            function=record.function,
+            reason=record.reason,
+            postgres_error=pg_error,
+        )
+        return "spooled"
+    except Exception as redis_error:
+        log_event(
+            "ERROR",
+            "dlq_capture_lost_to_log",
+            "DLQ capture failed in Postgres and Redis; the full record is in this line",
+            postgres_error=pg_error,
+            redis_error=f"{type(redis_error).__name__}: {redis_error}",
+            record=orjson.loads(record.to_json()),
+        )
+        return "logged"

@@ -1,0 +1,211 @@
+"""Acting on the DLQ: retry one entry, resolve one entry, bulk redrive.
+
+Exactly once under concurrency: each action locks its rows (``FOR UPDATE``; bulk uses ``SKIP
+LOCKED`` so concurrent bulk calls take disjoint sets) and only acts on unresolved ones, inside
+the transaction that marks them resolved. The job is enqueued inside that transaction with a
+deterministic job id (``dlq-retry:<entry id>``): if Redis fails, nothing is marked; if the commit
+fails after the enqueue, a second retry finds the same job id and arq refuses a duplicate.
+Every state change writes an audit row in the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from arq.connections import ArqRedis
+
+from shared import audit
+from shared.dlq.browse import DlqEntry, get_entry
+from shared.infra.db import Conn, execute, fetch, fetchrow
+from shared.infra.errors import Conflict, DependencyUnavailable, Invalid, NotFound
+from shared.infra.metrics import Metrics
+from shared.jobs.enqueue import enqueue_call
+from shared.jobs.queues import ALL_QUEUES, RETRY_OF_KWARG
+
+MAX_BULK = 1000
+DEFAULT_BULK = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who acts, from where, for the audit log."""
+
+    name: str
+    user_id: uuid.UUID | None = None
+    ip: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BulkRetryResult:
+    retried: int
+    job_ids: list[str]
+    entry_ids: list[uuid.UUID]
+
+
+def retry_job_id(entry_id: uuid.UUID) -> str:
+    return f"dlq-retry:{entry_id}"
+
+
+async def _enqueue_replay(redis: ArqRedis, metrics: Metrics | None, row: Any) -> str:
+    if row["function"] == "<unknown>":
+        raise Conflict("this entry has no job payload to replay (it expired in Redis)", code="not_retryable")
+    kwargs = dict(row["kwargs"] or {}) | {RETRY_OF_KWARG: str(row["id"])}
+    job_id = retry_job_id(row["id"])
+    try:
+        await enqueue_call(
+            redis,
+            row["function"],
+            args=list(row["args"] or []),
+            kwargs=kwargs,
+            metrics=metrics,
+            job_id=job_id,
+            queue=row["queue_name"],
+            correlation_id=row["correlation_id"],
+        )
+    except (ConnectionError, OSError, TimeoutError) as exc:
+        raise DependencyUnavailable("redis", "could not enqueue the retry") from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("redis"):
+            raise DependencyUnavailable("redis", "could not enqueue the retry") from exc
+        raise
+    return job_id
+
+
+LOCK_ONE = """
+SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at
+FROM dead_letter_queue WHERE id = $1 FOR UPDATE
+"""
+MARK_RETRIED = """
+UPDATE dead_letter_queue
+SET resolved_at = now(), resolved_by = $2, resolution = 'retried', retry_job_id = $3
+WHERE id = $1 AND resolved_at IS NULL
+"""
+
+
+async def retry_entry(
+    pool: Any, redis: ArqRedis, metrics: Metrics | None, entry_id: uuid.UUID, actor: Actor
+) -> str:
+    """Re-enqueue the original call; returns the new job id. 404 unknown, 409 already resolved."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await fetchrow(conn, "dlq_lock_for_retry", LOCK_ONE, entry_id)
+        if row is None:
+            raise NotFound(f"no DLQ entry {entry_id}")
+        if row["resolved_at"] is not None:
+            raise Conflict("this DLQ entry is already resolved", code="already_resolved")
+        job_id = await _enqueue_replay(redis, metrics, row)
+        await execute(conn, "dlq_mark_retried", MARK_RETRIED, entry_id, actor.name, job_id)
+        await _audit(conn, actor, "dlq.retry", entry_id, {"job_id": job_id, "function": row["function"]})
+    return job_id
+
+
+RESOLVE = """
+UPDATE dead_letter_queue
+SET resolved_at = now(), resolved_by = $2, resolution = 'manual', resolution_note = $3
+WHERE id = $1 AND resolved_at IS NULL
+RETURNING id
+"""
+EXISTS = "SELECT 1 FROM dead_letter_queue WHERE id = $1"
+
+
+async def resolve_entry(pool: Any, entry_id: uuid.UUID, actor: Actor, note: str | None) -> DlqEntry:
+    if note is not None and len(note) > 2000:
+        raise Invalid("note must be at most 2000 characters")
+    async with pool.acquire() as conn, conn.transaction():
+        updated = await fetchrow(conn, "dlq_resolve", RESOLVE, entry_id, actor.name, note)
+        if updated is None:
+            if await fetchrow(conn, "dlq_exists", EXISTS, entry_id) is None:
+                raise NotFound(f"no DLQ entry {entry_id}")
+            raise Conflict("this DLQ entry is already resolved", code="already_resolved")
+        await _audit(conn, actor, "dlq.resolve", entry_id, {"note": note})
+        return await get_entry(conn, entry_id)
+
+
+# Entries with no payload to replay (function '<unknown>': the job expired in Redis) are left out
+# of the locking query itself, not skipped after it: otherwise, being the oldest, they would use
+# up ``max`` on every call and a group holding ``max`` of them could never be redriven.
+LOCK_BY_IDS = """
+SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at
+FROM dead_letter_queue
+WHERE id = ANY($1::uuid[]) AND resolved_at IS NULL AND function <> '<unknown>'
+ORDER BY failed_at, id
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+LOCK_BY_FINGERPRINT = """
+SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at
+FROM dead_letter_queue
+WHERE queue_name = $1 AND fingerprint = $2 AND resolved_at IS NULL AND function <> '<unknown>'
+ORDER BY failed_at, id
+LIMIT $3
+FOR UPDATE SKIP LOCKED
+"""
+
+
+async def bulk_retry(
+    pool: Any,
+    redis: ArqRedis,
+    metrics: Metrics | None,
+    actor: Actor,
+    *,
+    ids: Sequence[uuid.UUID] | None = None,
+    queue: str | None = None,
+    fingerprint: str | None = None,
+    max_entries: int = DEFAULT_BULK,
+) -> BulkRetryResult:
+    """Retry many unresolved entries, each exactly once even when bulk calls race."""
+    if not 1 <= max_entries <= MAX_BULK:
+        raise Invalid(f"max must be between 1 and {MAX_BULK}")
+    by_filter = queue is not None or fingerprint is not None
+    if (ids is not None) == by_filter or (by_filter and (queue is None or fingerprint is None)):
+        raise Invalid('give either "ids" or both "queue" and "fingerprint"')
+    if queue is not None and queue not in ALL_QUEUES:
+        raise Invalid(f"queue must be one of {', '.join(ALL_QUEUES)}")
+    if ids is not None and not 1 <= len(ids) <= MAX_BULK:
+        raise Invalid(f"ids must hold 1 to {MAX_BULK} entries")
+    async with pool.acquire() as conn, conn.transaction():
+        if ids is not None:
+            rows = await fetch(conn, "dlq_lock_bulk_ids", LOCK_BY_IDS, list(ids), max_entries)
+        else:
+            rows = await fetch(conn, "dlq_lock_bulk_fp", LOCK_BY_FINGERPRINT, queue, fingerprint, max_entries)
+        job_ids: list[str] = []
+        entry_ids: list[uuid.UUID] = []
+        for row in rows:
+            job_id = await _enqueue_replay(redis, metrics, row)
+            await execute(conn, "dlq_mark_retried", MARK_RETRIED, row["id"], actor.name, job_id)
+            await _audit(conn, actor, "dlq.retry", row["id"], {"job_id": job_id, "bulk": True})
+            job_ids.append(job_id)
+            entry_ids.append(row["id"])
+        await audit.record(
+            conn,
+            actor=actor.name,
+            actor_user_id=actor.user_id,
+            ip=actor.ip,
+            action="dlq.bulk_retry",
+            target_type="dlq_fingerprint" if fingerprint else "dlq_entries",
+            target_id=fingerprint,
+            metadata={
+                "queue": queue,
+                "retried": len(job_ids),
+                "requested_ids": len(ids or []),
+                "max": max_entries,
+            },
+        )
+    return BulkRetryResult(len(job_ids), job_ids, entry_ids)
+
+
+async def _audit(
+    conn: Conn, actor: Actor, action: str, entry_id: uuid.UUID, metadata: dict[str, Any]
+) -> None:
+    await audit.record(
+        conn,
+        actor=actor.name,
+        actor_user_id=actor.user_id,
+        ip=actor.ip,
+        action=action,
+        target_type="dlq_entry",
+        target_id=str(entry_id),
+        metadata=metadata,
+    )

@@ -1,0 +1,178 @@
+"""Postgres access: the asyncpg pool, its codecs, and the one timed query helper.
+
+Every repository query goes through ``fetch``/``fetchrow``/``fetchval``/``execute`` here with a
+stable name. Connections from our pool carry a ``QueryObserver`` that records
+``fmhl_db_query_duration_seconds{query}`` and logs ``slow_query`` above ``SLOW_QUERY_MS``.
+
+``Database`` connects in the background with capped exponential backoff, so a service whose
+Postgres is down or hangs still starts and answers ``/health/live``; until the pool exists,
+``Database.pool`` raises ``DependencyUnavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from shared.infra.config import Settings
+from shared.infra.errors import DependencyUnavailable
+from shared.infra.logs import log_event
+from shared.infra.metrics import Metrics
+
+Conn = Any  # asyncpg.Connection or pool proxy; asyncpg ships no type information
+
+
+@dataclass(frozen=True, slots=True)
+class QueryObserver:
+    metrics: Metrics | None
+    slow_query_ms: int
+
+    def observe(self, name: str, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(self.metrics.db_query_duration_seconds, seconds, {"query": name})
+        if seconds * 1000 >= self.slow_query_ms:
+            log_event("WARNING", "slow_query", query=name, duration_ms=round(seconds * 1000, 1))
+
+
+class ObservedConnection(asyncpg.Connection):  # type: ignore[misc]
+    """asyncpg connection that carries the process's query observer."""
+
+    query_observer: QueryObserver | None = None
+
+
+async def _timed(conn: Conn, name: str, method: str, sql: str, args: tuple[Any, ...]) -> Any:
+    started = time.perf_counter()
+    try:
+        return await getattr(conn, method)(sql, *args)
+    finally:
+        observer: QueryObserver | None = getattr(conn, "query_observer", None)
+        if observer is not None:
+            observer.observe(name, time.perf_counter() - started)
+
+
+async def fetch(conn: Conn, name: str, sql: str, *args: Any) -> list[Any]:
+    result: list[Any] = await _timed(conn, name, "fetch", sql, args)
+    return result
+
+
+async def fetchrow(conn: Conn, name: str, sql: str, *args: Any) -> Any:
+    return await _timed(conn, name, "fetchrow", sql, args)
+
+
+async def fetchval(conn: Conn, name: str, sql: str, *args: Any) -> Any:
+    return await _timed(conn, name, "fetchval", sql, args)
+
+
+async def execute(conn: Conn, name: str, sql: str, *args: Any) -> str:
+    status: str = await _timed(conn, name, "execute", sql, args)
+    return status
+
+
+async def init_connection(conn: Conn) -> None:
+    """json/jsonb via orjson. numeric already maps to Decimal in asyncpg."""
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename,
+            encoder=lambda value: orjson.dumps(value).decode(),
+            decoder=orjson.loads,
+            schema="pg_catalog",
+        )
+
+
+async def create_pool(
+    settings: Settings, *, application_name: str, metrics: Metrics | None = None, dsn: str | None = None
+) -> Any:
+    """Open an asyncpg pool with our codecs, observer, application_name and command timeout."""
+    observer = QueryObserver(metrics, settings.slow_query_ms)
+
+    async def init(conn: Conn) -> None:
+        conn.query_observer = observer
+        await init_connection(conn)
+
+    return await asyncpg.create_pool(
+        dsn or settings.require_database_url(),
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+        command_timeout=settings.db_command_timeout_seconds,
+        server_settings={"application_name": application_name},
+        connection_class=ObservedConnection,
+        init=init,
+        timeout=10,
+    )
+
+
+def record_pool_gauges(pool: Any, metrics: Metrics) -> None:
+    """Export busy/idle/max connections of a pool as ``fmhl_db_pool_connections{state}``."""
+    size = pool.get_size()
+    idle = pool.get_idle_size()
+    metrics.set(metrics.db_pool_connections, size - idle, {"state": "busy"})
+    metrics.set(metrics.db_pool_connections, idle, {"state": "idle"})
+    metrics.set(metrics.db_pool_connections, pool.get_max_size(), {"state": "max"})
+
+
+class Database:
+    """A pool opened in the background, retried with backoff until Postgres answers."""
+
+    def __init__(self, settings: Settings, *, application_name: str, metrics: Metrics | None = None) -> None:
+        self._settings = settings
+        self._application_name = application_name
+        self._metrics = metrics
+        self._pool: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        self._owns_pool = True
+
+    @classmethod
+    def from_pool(cls, settings: Settings, pool: Any) -> Database:
+        """A Database around an already open pool (tests, or a process sharing one pool)."""
+        db = cls(settings, application_name="shared-pool")
+        db._pool = pool
+        db.connected.set()
+        db._owns_pool = False
+        return db
+
+    @property
+    def pool(self) -> Any:
+        if self._pool is None:
+            raise DependencyUnavailable("postgres", "database connection not established yet")
+        return self._pool
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._connect_forever(), name="db-connect")
+
+    async def _connect_forever(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                self._pool = await asyncio.wait_for(
+                    create_pool(
+                        self._settings, application_name=self._application_name, metrics=self._metrics
+                    ),
+                    timeout=15,
+                )
+                self.connected.set()
+                log_event("INFO", "db_connected", application_name=self._application_name)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure means "try again later"
+                log_event("WARNING", "db_connect_failed", error_type=type(exc).__name__, retry_in_s=delay)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 10.0)
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._pool is not None and self._owns_pool:
+            try:
+                await asyncio.wait_for(self._pool.close(), timeout=5)
+            except (TimeoutError, OSError):
+                self._pool.terminate()

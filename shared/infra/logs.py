@@ -1,0 +1,116 @@
+"""JSON logging: loguru configured once, every line one orjson object.
+
+Fields: ``time`` (UTC ISO 8601), ``level``, ``event`` (stable snake_case name), ``message``,
+``module``, ``function``, ``correlation_id``/``request_id`` when bound, any extra fields, and for
+errors ``error_type``, ``error_message``, ``stack``. stdlib logging (uvicorn, asyncpg, arq) is
+routed into loguru so uvicorn's access log is JSON too. Values under secret-looking keys are
+redacted before serialisation.
+
+Log with ``log_event(logger_level, "event_name", message, **fields)`` or
+``logger.bind(event="...").info(...)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from loguru import logger
+
+from shared.infra.correlation import current_correlation_id
+from shared.infra.timefmt import iso_utc
+
+if TYPE_CHECKING:
+    from loguru import Message, Record
+
+SECRET_KEYS = frozenset(
+    {"password", "token", "totp_code", "secret", "authorization", "mfa_secret", "otpauth_uri", "cookie"}
+)
+
+
+def _redact(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: ("[redacted]" if k.lower() in SECRET_KEYS else v) for k, v in fields.items()}
+
+
+def record_to_dict(record: Record) -> dict[str, Any]:
+    extra = dict(record["extra"])
+    event = extra.pop("event", None) or _default_event(record)
+    payload: dict[str, Any] = {
+        "time": iso_utc(record["time"], "milliseconds"),
+        "level": record["level"].name,
+        "event": event,
+        "message": record["message"],
+        "module": record["name"],
+        "function": record["function"],
+    }
+    correlation_id = extra.pop("correlation_id", None) or current_correlation_id()
+    if correlation_id:
+        payload["correlation_id"] = correlation_id
+        payload["request_id"] = extra.pop("request_id", None) or correlation_id
+    payload.update(_redact(extra))
+    exc = record["exception"]
+    if exc is not None and exc.type is not None:
+        payload["error_type"] = exc.type.__name__
+        payload["error_message"] = str(exc.value)
+        payload["stack"] = "".join(traceback.format_exception(exc.type, exc.value, exc.traceback))
+    return payload
+
+
+def _default_event(record: Record) -> str:
+    name = record["name"] or "log"
+    return name.replace(".", "_")
+
+
+def _json_sink(message: Message) -> None:
+    line = orjson.dumps(record_to_dict(message.record), default=str, option=orjson.OPT_APPEND_NEWLINE)
+    sys.stdout.buffer.write(line)
+    sys.stdout.flush()
+
+
+_STDLIB_EVENTS = {"uvicorn.access": "http_access", "uvicorn.error": "uvicorn", "arq.worker": "arq_worker"}
+
+
+class InterceptHandler(logging.Handler):
+    """Route stdlib logging records into loguru, keeping the caller's level and module."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        event = _STDLIB_EVENTS.get(record.name, record.name.replace(".", "_"))
+        logger.opt(exception=record.exc_info, depth=6).bind(event=event, logger=record.name).log(
+            level, record.getMessage()
+        )
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    """Configure loguru and stdlib logging. Safe to call more than once (last call wins)."""
+    logger.remove()
+    if fmt == "console":
+        logger.add(
+            sys.stderr,
+            level=level,
+            format="<green>{time:HH:mm:ss.SSS}</green> <level>{level: <8}</level> {name}: {message} {extra}",
+        )
+    else:
+        logger.add(_json_sink, level=level, format="{message}", catch=True)
+    logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "asyncpg", "arq", "arq.worker"):
+        std = logging.getLogger(name)
+        std.handlers = [InterceptHandler()]
+        std.propagate = False
+        std.setLevel(logging.getLevelName(level) if level != "TRACE" else logging.DEBUG)
+
+
+def log_event(level: str, event: str, message: str = "", **fields: Any) -> None:
+    """Log one structured event; ``message`` defaults to the event name."""
+    logger.opt(depth=1).bind(event=event, **fields).log(level, message or event)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,68 @@
+"""Redis: the client every process uses, the job wire format, and every key name we own.
+
+The client is arq's ``ArqRedis`` with the orjson job serializer (never pickle). The connection
+is lazy (nothing is dialled here), so a process starts even when Redis is down; socket timeouts
+keep a hung Redis from hanging a caller forever.
+
+Keys (all under ``fmhl:``; arq's own keys keep arq's names):
+
+| key | type | written by |
+| --- | --- | --- |
+| ``fmhl:dlq:spool`` | list of DLQ records (JSON) | capture, when Postgres is unreachable |
+| ``fmhl:dlq:spool:inflight`` | list | the spool drainer (atomic move, insert, remove) |
+| ``fmhl:heartbeat:{queue}:{worker_id}`` | string (JSON), TTL | each worker |
+| ``fmhl:job:running:{job_id}`` | string (try), TTL | the failure decorator, while a job runs |
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+from arq.connections import ArqRedis
+from redis.asyncio import ConnectionPool
+
+DLQ_SPOOL_KEY: Final = "fmhl:dlq:spool"
+DLQ_SPOOL_INFLIGHT_KEY: Final = "fmhl:dlq:spool:inflight"
+HEARTBEAT_KEY_PREFIX: Final = "fmhl:heartbeat:"
+RUNNING_JOB_KEY_PREFIX: Final = "fmhl:job:running:"
+
+
+def heartbeat_key(queue: str, worker_id: str) -> str:
+    return f"{HEARTBEAT_KEY_PREFIX}{queue}:{worker_id}"
+
+
+def running_job_key(job_id: str) -> str:
+    return f"{RUNNING_JOB_KEY_PREFIX}{job_id}"
+
+
+def _json_default(value: Any) -> Any:
+    """Only for arq's *result* records: a failed job's result is its exception."""
+    if isinstance(value, BaseException):
+        return {"error_type": type(value).__name__, "error_message": str(value)}
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def serialize_job(data: dict[str, Any]) -> bytes:
+    """Serialize an arq job or result record as JSON (exceptions become type + message)."""
+    return orjson.dumps(data, default=_json_default)
+
+
+def deserialize_job(payload: bytes) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads(payload)
+    return data
+
+
+def create_redis(url: str, *, timeout_seconds: float = 5.0, max_connections: int = 50) -> ArqRedis:
+    pool = ConnectionPool.from_url(
+        url,
+        socket_connect_timeout=timeout_seconds,
+        socket_timeout=timeout_seconds,
+        max_connections=max_connections,
+    )
+    return ArqRedis(pool_or_conn=pool, job_serializer=serialize_job, job_deserializer=deserialize_job)
+
+
+# redis-py annotates its asyncio commands as ``Awaitable[T] | T`` (shared with the sync client),
+# which mypy cannot await; code that awaits raw commands takes this alias instead.
+RedisClient = Any

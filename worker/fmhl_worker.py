@@ -1,0 +1,226 @@
+"""``FmhlWorker``: arq's ``Worker`` with the silent-path safety net, heartbeats and probes.
+
+arq fails some jobs through ``Worker.finish_failed_job`` without calling any hook: a job whose
+definition expired, one naming an unknown function, one past ``max_tries`` while queued (its
+worker was killed mid-job). The override captures each into the DLQ before arq deletes the job,
+and never raises (an exception there would kill the worker).
+
+One queue per process (arq has no multi-queue worker). ``job_completion_wait`` is at least the
+longest job timeout, so SIGTERM lets running jobs finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC
+from typing import Any
+
+from arq.cron import CronJob
+from arq.worker import Function, Worker
+
+from shared.dlq.capture import capture
+from shared.dlq.spool import drain_spool
+from shared.infra.config import Settings
+from shared.infra.db import Database
+from shared.infra.logs import log_event
+from shared.infra.metrics import Metrics
+from shared.infra.redis import create_redis, deserialize_job, running_job_key, serialize_job
+from shared.jobs.heartbeat import HEARTBEAT_INTERVAL_SECONDS, Heartbeat, delete_heartbeat, write_heartbeat
+from worker.failure_records import record_from_silent_failure
+
+LIVENESS_STALE_SECONDS = 60.0
+# Longer than this and the worker starts anyway: jobs then retry with backoff until Postgres is back.
+DB_STARTUP_WAIT_SECONDS = 30.0
+
+
+class FmhlWorker(Worker):
+    def __init__(
+        self,
+        functions: Sequence[Function],
+        *,
+        queue_name: str,
+        settings: Settings,
+        metrics: Metrics,
+        cron_jobs: Sequence[CronJob] | None = None,
+        ctx: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        longest = max(
+            [f.timeout_s or 0 for f in functions] + [c.timeout_s or 0 for c in cron_jobs or []] + [1]
+        )
+        kwargs.setdefault("job_completion_wait", int(longest) + 5)
+        kwargs.setdefault("timezone", UTC)
+        super().__init__(
+            functions,
+            queue_name=queue_name,
+            cron_jobs=cron_jobs,
+            job_serializer=serialize_job,
+            job_deserializer=deserialize_job,
+            on_startup=self._on_startup,
+            on_shutdown=self._on_shutdown,
+            ctx=ctx,
+            **kwargs,
+        )
+        self.settings = settings
+        self.metrics = metrics
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.last_poll = time.time()
+        self._last_beat = 0.0
+        self._owns_db = False
+        self.owns_redis = True
+        self._spool_task: asyncio.Future[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def _on_startup(self, ctx: dict[str, Any]) -> None:
+        ctx.setdefault("settings", self.settings)
+        ctx.setdefault("metrics", self.metrics)
+        if "db" not in ctx:
+            db = Database(
+                self.settings, application_name=f"fmhl-ops-worker-{self.queue_name}", metrics=self.metrics
+            )
+            db.start()
+            ctx["db"] = db
+            self._owns_db = True
+        await self._beat(force=True)
+        await self._wait_for_database(ctx["db"])
+        self._spool_task = asyncio.ensure_future(self._drain_spool_when_connected(ctx))
+        log_event("INFO", "worker_started", queue=self.queue_name, worker_id=self.worker_id)
+
+    async def _wait_for_database(self, db: Database) -> None:
+        """Pick no job before Postgres answers (up to a bound): a job run against a pool that is
+        still connecting would fail transiently and burn one of its tries for nothing."""
+        try:
+            await asyncio.wait_for(db.connected.wait(), timeout=DB_STARTUP_WAIT_SECONDS)
+        except TimeoutError:
+            log_event("WARNING", "worker_started_without_database", queue=self.queue_name)
+
+    async def _drain_spool_when_connected(self, ctx: dict[str, Any]) -> None:
+        db: Database = ctx["db"]
+        try:
+            await asyncio.wait_for(db.connected.wait(), timeout=60)
+            await drain_spool(db.pool, self.pool, self.metrics)
+        except Exception as exc:  # the scheduler's drain_dlq_spool cron tries again every minute
+            log_event(
+                "WARNING", "dlq_spool_drain_failed", error_type=type(exc).__name__, queue=self.queue_name
+            )
+
+    async def _on_shutdown(self, ctx: dict[str, Any]) -> None:
+        try:
+            await delete_heartbeat(self.pool, self.queue_name, self.worker_id)
+        except Exception as exc:
+            log_event("WARNING", "heartbeat_delete_failed", error_type=type(exc).__name__)
+        if self._owns_db:
+            await ctx["db"].close()
+        log_event("INFO", "worker_stopped", queue=self.queue_name, worker_id=self.worker_id)
+
+    # -- heartbeat -----------------------------------------------------------------------------
+    async def heart_beat(self) -> None:
+        self.last_poll = time.time()
+        await super().heart_beat()
+        await self._beat()
+
+    async def _beat(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last_beat < HEARTBEAT_INTERVAL_SECONDS:
+            return
+        self._last_beat = now
+        beat = Heartbeat(self.queue_name, self.worker_id, socket.gethostname(), self.job_counter, now)
+        try:
+            await write_heartbeat(self.pool, beat)
+        except Exception as exc:
+            log_event("WARNING", "heartbeat_write_failed", error_type=type(exc).__name__)
+
+    async def close(self) -> None:
+        """arq's close, but with redis-py 5's ``aclose`` and only for a client we created."""
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        if self._spool_task is not None and not self._spool_task.done():
+            self._spool_task.cancel()
+        await self.pool.delete(self.health_check_key)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        if self.owns_redis:
+            await self.pool.aclose()
+        self._pool = None
+
+    def is_alive(self) -> bool:
+        return time.time() - self.last_poll < LIVENESS_STALE_SECONDS
+
+    # -- silent failure paths ------------------------------------------------------------------
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        try:
+            await self._capture_silent_failure(job_id, result_data)
+        except Exception as exc:  # never let capture kill the worker
+            log_event("ERROR", "dlq_silent_capture_failed", job_id=job_id, error_type=type(exc).__name__)
+        await super().finish_failed_job(job_id, result_data)
+
+    async def _capture_silent_failure(self, job_id: str, result_data: bytes | None) -> None:
+        result: dict[str, Any] = deserialize_job(result_data) if result_data else {}
+        function_name = str(result.get("f") or "<unknown>")
+        error = result.get("r")
+        error_type = error.get("error_type") if isinstance(error, dict) else None
+        function = self.functions.get(function_name)
+        max_tries = function.max_tries if function and function.max_tries is not None else self.max_tries
+        if error_type == "CancelledError":
+            return  # an abort requested by an operator, not a failure
+        if function_name == "<unknown>":
+            reason = (
+                "permanent" if error_type in ("DeserializationError", "SerializationError") else "expired"
+            )
+        elif function is None:
+            reason = "function_not_found"
+        elif int(result.get("t") or 0) > max_tries:
+            was_running = await self.pool.exists(running_job_key(job_id))
+            reason = "worker_lost" if was_running else "max_tries_exceeded"
+        else:
+            reason = "permanent"
+        record = record_from_silent_failure(
+            queue=self.queue_name, job_id=job_id, result=result, reason=reason, max_tries=max_tries
+        )
+        if reason in ("worker_lost", "max_tries_exceeded"):
+            self.metrics.inc(
+                self.metrics.queue_jobs_failed_total,
+                {"queue": self.queue_name, "function": function_name, "final": "true"},
+            )
+        await capture(self.ctx.get("db"), self.pool, record, self.metrics)
+        await self.pool.delete(running_job_key(job_id))
+
+
+def build_worker(
+    queue: str,
+    settings: Settings,
+    *,
+    metrics: Metrics | None = None,
+    functions: Sequence[Function] | None = None,
+    cron_jobs: Sequence[CronJob] | None = None,
+    redis: Any = None,
+    ctx: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> FmhlWorker:
+    """The worker for ``queue`` with its registered functions (or the ones given, for tests).
+
+    Must be called inside the running event loop (arq binds the loop at construction).
+    """
+    from worker.registry import cron_jobs_for, functions_for
+
+    worker = FmhlWorker(
+        functions if functions is not None else functions_for(queue, settings),
+        queue_name=queue,
+        settings=settings,
+        metrics=metrics or Metrics(),
+        cron_jobs=cron_jobs if cron_jobs is not None else cron_jobs_for(queue, settings),
+        redis_pool=redis or create_redis(settings.require_redis_url(), timeout_seconds=10),
+        ctx=ctx,
+        **kwargs,
+    )
+    worker.owns_redis = redis is None
+    return worker
