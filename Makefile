@@ -21,12 +21,18 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 run: $(VENV)/.embedded
 	$(BIN)/fmhl-ops dev
 
-# promtool comes from Debian's `prometheus` package; install it when missing (CI runs as root).
+# Debian packages the tests drive for real: promtool + Prometheus server (prometheus), amtool +
+# Alertmanager (prometheus-alertmanager), a browser (chromium) and a load generator (wrk).
+# Installed only when a command is missing (CI runs as root; elsewhere sudo is used).
+DEB_TOOLS := promtool:prometheus amtool:prometheus-alertmanager prometheus-alertmanager:prometheus-alertmanager chromium:chromium wrk:wrk
 tools:
-	@command -v promtool >/dev/null 2>&1 || { \
-	  echo "installing promtool (Debian package prometheus)"; \
+	@missing=""; for pair in $(DEB_TOOLS); do cmd=$${pair%%:*}; pkg=$${pair#*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
