@@ -26,12 +26,13 @@ from arq.worker import Function, Worker
 
 from shared.dlq.capture import capture
 from shared.dlq.spool import drain_spool
-from shared.infra.config import Settings
+from shared.infra.config import ConfigError, Settings
 from shared.infra.db import Database
 from shared.infra.logs import log_event
 from shared.infra.metrics import Metrics
 from shared.infra.redis import create_redis, deserialize_job, running_job_key, serialize_job
 from shared.jobs.heartbeat import HEARTBEAT_INTERVAL_SECONDS, Heartbeat, delete_heartbeat, write_heartbeat
+from shared.jobs.queues import ALL_QUEUES
 from worker.failure_records import record_from_silent_failure
 
 LIVENESS_STALE_SECONDS = 60.0
@@ -212,6 +213,13 @@ def build_worker(
     """
     from worker.registry import cron_jobs_for, functions_for
 
+    unknown = sorted(set(settings.worker_queues) - set(ALL_QUEUES))
+    if unknown:
+        raise ConfigError(
+            f"WORKER_QUEUES names unknown queue(s) {', '.join(unknown)}; expected {', '.join(ALL_QUEUES)}"
+        )
+    kwargs.setdefault("max_jobs", settings.max_jobs_for(queue))
+    kwargs.setdefault("poll_delay", settings.poll_delay_for(queue))
     worker = FmhlWorker(
         functions if functions is not None else functions_for(queue, settings),
         queue_name=queue,

@@ -23,6 +23,12 @@ class ConfigError(ValueError):
     """A configuration variable is missing or malformed."""
 
 
+# A storm of failures drains at the pace of max_jobs / poll delay: arq's defaults (10 jobs, 0.5 s)
+# cap a worker near 200 jobs/s whatever the CPU. Chosen by ``make bench`` (README "Performance").
+DEFAULT_WORKER_MAX_JOBS = 50
+DEFAULT_WORKER_POLL_DELAY_SECONDS = 0.05
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None
@@ -49,6 +55,18 @@ class Settings:
     cron_schedules: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Per-function retry policy overrides, e.g. {"send_email": {"max_tries": 8, "timeout_seconds": 60}}.
     job_policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Worker concurrency for every queue (defaults measured by ``make bench``: see README
+    # "Performance") and per-queue overrides, e.g. {"report_export": {"max_jobs": 4}}.
+    worker_max_jobs: int = DEFAULT_WORKER_MAX_JOBS
+    worker_poll_delay_seconds: float = DEFAULT_WORKER_POLL_DELAY_SECONDS
+    worker_queues: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def max_jobs_for(self, queue: str) -> int:
+        return int(self.worker_queues.get(queue, {}).get("max_jobs", self.worker_max_jobs))
+
+    def poll_delay_for(self, queue: str) -> float:
+        overrides = self.worker_queues.get(queue, {})
+        return float(overrides.get("poll_delay_seconds", self.worker_poll_delay_seconds))
 
     def require_database_url(self) -> str:
         if not self.database_url:
@@ -186,6 +204,39 @@ def _job_policies(raw: str) -> dict[str, dict[str, Any]]:
     return policies
 
 
+WORKER_QUEUE_FIELDS = ("max_jobs", "poll_delay_seconds")
+
+
+def _worker_queues(raw: str) -> dict[str, dict[str, Any]]:
+    """JSON: {"report_export": {"max_jobs": 4, "poll_delay_seconds": 1.0}} per queue.
+
+    Queue names are checked by the worker at start (``worker.fmhl_worker.build_worker``): infra
+    does not know the job layer's names.
+    """
+    data = orjson.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError(raw)
+    queues: dict[str, dict[str, Any]] = {}
+    for queue, fields in data.items():
+        if not isinstance(fields, dict) or not set(fields) <= set(WORKER_QUEUE_FIELDS):
+            raise ValueError(raw)
+        max_jobs = fields.get("max_jobs", 1)
+        delay = fields.get("poll_delay_seconds", 0)
+        if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1:
+            raise ValueError(raw)
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= 60:
+            raise ValueError(raw)
+        queues[str(queue)] = dict(fields)
+    return queues
+
+
+def _poll_delay(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 60:
+        raise ValueError(raw)
+    return value
+
+
 _LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -221,6 +272,23 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         smtp_from=e.get("SMTP_FROM") or "noreply@fmhl.example",
         job_policies=_parse(
             e, "JOB_POLICIES", _job_policies, 'JSON like {"send_email": {"max_tries": 8}}', {}
+        ),
+        worker_max_jobs=_parse(
+            e, "WORKER_MAX_JOBS", _positive_int, "a positive integer", DEFAULT_WORKER_MAX_JOBS
+        ),
+        worker_poll_delay_seconds=_parse(
+            e,
+            "WORKER_POLL_DELAY_SECONDS",
+            _poll_delay,
+            "a number of seconds from 0 to 60",
+            DEFAULT_WORKER_POLL_DELAY_SECONDS,
+        ),
+        worker_queues=_parse(
+            e,
+            "WORKER_QUEUES",
+            _worker_queues,
+            'JSON like {"report_export": {"max_jobs": 4, "poll_delay_seconds": 1}}',
+            {},
         ),
         cron_schedules=_parse(
             e, "CRON_SCHEDULES", _cron_schedules, 'JSON like {"cleanup_dlq": {"hour": 1, "minute": 0}}', {}

@@ -49,6 +49,12 @@ def test_values_are_parsed() -> None:
         ("WORKER_METRICS_PORT", "70000"),
         ("LOG_FORMAT", "xml"),
         ("SESSION_TTL_SECONDS", "1.5"),
+        ("WORKER_MAX_JOBS", "0"),
+        ("WORKER_POLL_DELAY_SECONDS", "-0.1"),
+        ("WORKER_POLL_DELAY_SECONDS", "soon"),
+        ("WORKER_QUEUES", '{"email_send": {"max_jobs": 0}}'),
+        ("WORKER_QUEUES", '{"email_send": {"concurrency": 4}}'),
+        ("WORKER_QUEUES", '["email_send"]'),
     ],
 )
 def test_bad_value_names_the_variable(name: str, value: str) -> None:
@@ -57,3 +63,34 @@ def test_bad_value_names_the_variable(name: str, value: str) -> None:
     assert str(info.value).startswith(f"{name}=")
     assert "expected" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_worker_concurrency_defaults_and_per_queue_overrides() -> None:
+    defaults = load_settings({})
+    assert defaults.max_jobs_for("email_send") == 50
+    assert defaults.poll_delay_for("email_send") == 0.05
+    settings = load_settings(
+        {
+            "WORKER_MAX_JOBS": "20",
+            "WORKER_POLL_DELAY_SECONDS": "0",
+            "WORKER_QUEUES": '{"report_export": {"max_jobs": 2, "poll_delay_seconds": 1.5}}',
+        }
+    )
+    assert (settings.max_jobs_for("email_send"), settings.poll_delay_for("email_send")) == (20, 0.0)
+    assert (settings.max_jobs_for("report_export"), settings.poll_delay_for("report_export")) == (2, 1.5)
+
+
+async def test_worker_refuses_an_unknown_queue_override() -> None:
+    from worker.fmhl_worker import build_worker
+
+    settings = load_settings({"WORKER_QUEUES": '{"emails": {"max_jobs": 2}}'})
+    with pytest.raises(ConfigError, match="WORKER_QUEUES names unknown queue"):
+        build_worker("email_send", settings, redis=object())
+
+
+async def test_worker_takes_its_queue_concurrency() -> None:
+    from worker.fmhl_worker import build_worker
+
+    settings = load_settings({"WORKER_QUEUES": '{"email_send": {"max_jobs": 7, "poll_delay_seconds": 0.2}}'})
+    worker = build_worker("email_send", settings, redis=object(), handle_signals=False)
+    assert worker.max_jobs == 7 and worker.poll_delay_s == 0.2
