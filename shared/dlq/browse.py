@@ -205,15 +205,23 @@ async def list_entries(
     return Page(items, next_cursor)
 
 
+# Served from the dlq_groups counters (sql/002): O(groups), flat however large the DLQ grows.
+# ``count`` is the number of entries in the requested state; first/last seen are for the
+# failure as a whole (any state).
 GROUPS = """
-SELECT fingerprint, queue_name, function, error_type,
-       (array_agg(error_message ORDER BY failed_at DESC))[1] AS sample_message,
-       count(*) AS count, min(failed_at) AS first_failed_at, max(failed_at) AS last_failed_at
-FROM dead_letter_queue
-WHERE ($1::text IS NULL OR queue_name = $1)
-  AND ($2::boolean IS NULL OR (resolved_at IS NOT NULL) = $2)
-GROUP BY fingerprint, queue_name, function, error_type
-ORDER BY count(*) DESC, max(failed_at) DESC
+SELECT fingerprint, queue_name, function, error_type, sample_message, count,
+       first_failed_at, last_failed_at
+FROM (
+    SELECT fingerprint, queue_name, function, error_type, sample_message,
+           first_failed_at, last_failed_at,
+           CASE WHEN $2::boolean IS NULL THEN unresolved_count + resolved_count
+                WHEN $2::boolean THEN resolved_count
+                ELSE unresolved_count END AS count
+    FROM dlq_groups
+    WHERE ($1::text IS NULL OR queue_name = $1)
+) AS g
+WHERE count > 0
+ORDER BY count DESC, last_failed_at DESC
 LIMIT $3
 """
 
