@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import orjson
 
+from shared.dlq.group_commit import committer_for
 from shared.infra.db import Conn, Database, fetchval
 from shared.infra.errors import DependencyUnavailable
 from shared.infra.jsonable import dataclass_to_dict
@@ -107,9 +108,9 @@ async def insert_failure(conn: Conn, record: FailureRecord) -> uuid.UUID | None:
     return entry_id
 
 
-async def _store(pool: Any, record: FailureRecord) -> uuid.UUID | None:
-    async with pool.acquire(timeout=CAPTURE_DB_TIMEOUT_SECONDS) as conn:
-        return await insert_failure(conn, record)
+async def _store(db: Database, record: FailureRecord) -> uuid.UUID | None:
+    """Group commit (``shared.dlq.group_commit``): returns once this record's row is committed."""
+    return await committer_for(db).store(record)
 
 
 async def capture(
@@ -126,8 +127,8 @@ async def capture(
     try:
         if db is None:
             raise DependencyUnavailable("postgres", "no database in this process")
-        pool = db.pool
-        entry_id = await asyncio.wait_for(_store(pool, record), timeout=CAPTURE_DB_TIMEOUT_SECONDS * 2)
+        db.pool  # noqa: B018 - raises DependencyUnavailable while not connected: spool at once
+        entry_id = await asyncio.wait_for(_store(db, record), timeout=CAPTURE_DB_TIMEOUT_SECONDS * 2)
         outcome: CaptureOutcome = "stored" if entry_id is not None else "duplicate"
         if metrics is not None and outcome == "stored":
             metrics.inc(metrics.dlq_captured_total, {"queue": record.queue})

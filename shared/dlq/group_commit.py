@@ -1,0 +1,146 @@
+"""Group commit of DLQ captures: concurrent failures share one INSERT, each awaits its own row.
+
+In a failure storm every job used to pay a whole transaction (and a commit flush) of its own,
+and all of a storm's rows upsert the same ``dlq_groups`` counter row, so captures queued behind
+one another's row lock. Here the first capture of an idle process is written at once (no added
+latency); captures arriving while a write is in flight join the next batch, one multi-row
+``INSERT ... SELECT FROM unnest(...)`` of up to ``MAX_BATCH`` rows.
+
+The promise is unchanged: ``store`` returns only after *its* row is committed (or raises, and
+the caller spools the record), so a job is never acknowledged before its failure is durable.
+A batch the database refuses as a whole is retried row by row, so one bad record cannot take
+its neighbours down with it. A row that appears twice (same queue and job id) is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from shared.infra.db import Database, fetch
+
+if TYPE_CHECKING:
+    from shared.dlq.capture import FailureRecord
+
+MAX_BATCH = 500
+BATCH_TIMEOUT_SECONDS = 10.0
+
+INSERT_FAILURES = """
+INSERT INTO dead_letter_queue (
+    queue_name, job_id, function, args, kwargs, error_type, error_message, stack_trace,
+    fingerprint, attempts, reason, enqueued_at, failed_at, correlation_id, retry_of
+)
+SELECT r.queue_name, r.job_id, r.function, r.args::jsonb, r.kwargs::jsonb, r.error_type,
+       r.error_message, r.stack_trace, r.fingerprint, r.attempts, r.reason, r.enqueued_at,
+       r.failed_at, r.correlation_id, previous.id
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::text[], $10::int[], $11::text[], $12::timestamptz[],
+            $13::timestamptz[], $14::text[], $15::uuid[])
+     AS r(queue_name, job_id, function, args, kwargs, error_type, error_message, stack_trace,
+          fingerprint, attempts, reason, enqueued_at, failed_at, correlation_id, retry_of)
+LEFT JOIN dead_letter_queue AS previous ON previous.id = r.retry_of
+ON CONFLICT (queue_name, job_id) DO NOTHING
+RETURNING queue_name, job_id, id
+"""
+
+Pending = tuple["FailureRecord", "asyncio.Future[uuid.UUID | None]"]
+
+
+def _columns(records: Sequence[FailureRecord]) -> list[list[Any]]:
+    return [
+        [r.queue for r in records],
+        [r.job_id for r in records],
+        [r.function for r in records],
+        [orjson.dumps(r.args).decode() for r in records],
+        [orjson.dumps(r.kwargs).decode() for r in records],
+        [r.error_type for r in records],
+        [r.error_message for r in records],
+        [r.stack_trace for r in records],
+        [r.fingerprint for r in records],
+        [r.attempts for r in records],
+        [r.reason for r in records],
+        [r.enqueued_at for r in records],
+        [r.failed_at for r in records],
+        [r.correlation_id for r in records],
+        [r.retry_of for r in records],
+    ]
+
+
+async def insert_failures(pool: Any, records: Sequence[FailureRecord]) -> dict[tuple[str, str], uuid.UUID]:
+    """Insert rows in one statement; the ids of the rows this call stored, by (queue, job id)."""
+    async with pool.acquire(timeout=BATCH_TIMEOUT_SECONDS) as conn:
+        rows = await fetch(conn, "dlq_insert_batch", INSERT_FAILURES, *_columns(records))
+    return {(row["queue_name"], row["job_id"]): row["id"] for row in rows}
+
+
+class GroupCommitter:
+    """One per ``Database``: batches the captures of every job running in this process."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._pending: list[Pending] = []
+        self._writer: asyncio.Future[None] | None = None
+        self.statements = 0  # INSERT statements issued, for tests and benchmarks
+        self.rows_offered = 0
+
+    async def store(self, record: FailureRecord) -> uuid.UUID | None:
+        """The new row's id, or ``None`` when this (queue, job id) was already captured."""
+        future: asyncio.Future[uuid.UUID | None] = asyncio.get_running_loop().create_future()
+        self._pending.append((record, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write_all())
+        return await future
+
+    async def _write_all(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            try:
+                await self._write(batch)
+            except Exception as exc:
+                if len(batch) == 1:
+                    _settle(batch[0][1], exc)
+                    continue
+                for pending in batch:  # isolate the record the database refuses
+                    try:
+                        await self._write([pending])
+                    except Exception as row_exc:
+                        _settle(pending[1], row_exc)
+
+    async def _write(self, batch: list[Pending]) -> None:
+        first_of: dict[tuple[str, str], Pending] = {}
+        for pending in batch:
+            first_of.setdefault((pending[0].queue, pending[0].job_id), pending)
+        unique = list(first_of.values())
+        self.statements += 1
+        self.rows_offered += len(unique)
+        stored = await asyncio.wait_for(
+            insert_failures(self._db.pool, [record for record, _ in unique]), BATCH_TIMEOUT_SECONDS
+        )
+        for record, future in batch:
+            key = (record.queue, record.job_id)
+            # the first copy of a key gets the id; later copies (and known rows) are duplicates
+            _settle(future, stored.get(key) if first_of[key][1] is future else None)
+
+
+def _settle(future: asyncio.Future[uuid.UUID | None], outcome: uuid.UUID | BaseException | None) -> None:
+    if future.done():  # the capturing job gave up waiting (timeout, cancellation)
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+_committers: weakref.WeakKeyDictionary[Database, GroupCommitter] = weakref.WeakKeyDictionary()
+
+
+def committer_for(db: Database) -> GroupCommitter:
+    committer = _committers.get(db)
+    if committer is None:
+        committer = _committers[db] = GroupCommitter(db)
+    return committer

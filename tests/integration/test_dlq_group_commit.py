@@ -1,0 +1,62 @@
+"""Group commit: concurrent captures share statements, each learns its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from shared.dlq.capture import FailureRecord
+from shared.dlq.group_commit import committer_for
+from shared.infra.config import load_settings
+from shared.infra.db import Database
+
+
+def _record(job_id: str, **overrides: Any) -> FailureRecord:
+    base = FailureRecord(
+        queue="email_send",
+        job_id=job_id,
+        function="send_email",
+        args=[],
+        kwargs={"to": "a@b.c", "n": job_id},
+        error_type="ValueError",
+        error_message=f"bad {job_id}",
+        stack_trace="Traceback ...",
+        fingerprint="fp-gc",
+        attempts=1,
+        reason="permanent",
+        failed_at=datetime.now(UTC),
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+async def test_concurrent_captures_are_batched_and_each_settled(clean_db: Any) -> None:
+    db = Database.from_pool(load_settings({}), clean_db)
+    committer = committer_for(db)
+    records = [_record(f"gc-{n}") for n in range(300)]
+    duplicates = [_record("gc-7"), _record("gc-8")]
+    results = await asyncio.gather(*(committer.store(r) for r in records + duplicates))
+    stored = [r for r in results[:300] if isinstance(r, uuid.UUID)]
+    assert len(stored) == 300 and results[300:] == [None, None]
+    assert await clean_db.fetchval("SELECT count(*) FROM dead_letter_queue") == 300
+    assert committer.statements <= 5, f"{committer.statements} statements for 302 concurrent captures"
+    again = await committer.store(_record("gc-1"))
+    assert again is None, "a job captured before is a duplicate"
+    print(f"302 concurrent captures in {committer.statements} statements; 2 duplicates settled as None")
+
+
+async def test_a_refused_record_does_not_take_its_batch_down(clean_db: Any) -> None:
+    db = Database.from_pool(load_settings({}), clean_db)
+    committer = committer_for(db)
+    good = [_record(f"ok-{n}") for n in range(20)]
+    bad = _record("bad-1", reason="not-a-reason")  # violates the reason CHECK
+    outcomes = await asyncio.gather(*(committer.store(r) for r in [*good, bad]), return_exceptions=True)
+    assert all(isinstance(o, uuid.UUID) for o in outcomes[:20])
+    assert isinstance(outcomes[20], Exception)
+    assert await clean_db.fetchval("SELECT count(*) FROM dead_letter_queue") == 20
+    with pytest.raises(Exception):  # noqa: B017 - any database refusal reaches the caller
+        await committer.store(dataclasses.replace(bad, job_id="bad-2"))
