@@ -14,9 +14,9 @@ hook is told that a failure is final. So this wrapper owns the policy:
   as failed;
 * cancellation (SIGTERM past ``job_completion_wait``) is not a failure: arq re-queues the job.
 
-It also binds the job's correlation id to every log line the job writes, marks the job as
-running in Redis (so a worker killed mid-job is recognised as ``worker_lost`` later) and records
-the job metrics.
+It also binds the job's correlation id to every log line the job writes, records the job
+metrics, and marks a *cancelled* try in Redis (so the silent path can tell ``max_tries_exceeded``
+from ``worker_lost``: a worker killed mid-job writes nothing, so no marker means lost).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from shared.infra.correlation import bind_correlation_id, reset_correlation_id
 from shared.infra.errors import Busy, DependencyUnavailable
 from shared.infra.logs import log_event
 from shared.infra.metrics import Metrics
-from shared.infra.redis import running_job_key
+from shared.infra.redis import cancelled_job_key
 from shared.jobs.policy import RetryPolicy
 from worker.failure_records import record_from_exception, split_reserved_kwargs
 
@@ -60,7 +60,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.TimeoutError,
 )
 
-RUNNING_KEY_TTL_SECONDS = 86_400
+CANCELLED_KEY_TTL_SECONDS = 86_400
+CANCELLED_MARKER_TIMEOUT_SECONDS = 1.0
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -80,10 +81,12 @@ def with_failure_policy(queue: str, name: str, policy: RetryPolicy, coroutine: J
         job_try = int(ctx.get("job_try", 1))
         labels = {"queue": queue, "function": name}
         started = time.perf_counter()
-        await _mark_running(redis, job_id, job_try)
         try:
-            result = await asyncio.wait_for(coroutine(ctx, *args, **kwargs), timeout=policy.timeout_seconds)
+            # asyncio.timeout, not wait_for: wait_for wraps every job in a task of its own (3.11)
+            async with asyncio.timeout(policy.timeout_seconds):
+                result = await coroutine(ctx, *args, **kwargs)
         except asyncio.CancelledError:
+            await _mark_cancelled(redis, job_id)
             raise
         except Exception as exc:
             _observe(metrics, labels, started)
@@ -131,7 +134,6 @@ def with_failure_policy(queue: str, name: str, policy: RetryPolicy, coroutine: J
                 metrics.inc(metrics.queue_jobs_completed_total, labels)
             return result
         finally:
-            await _clear_running(redis, job_id)
             reset_correlation_id(token)
 
     return func(run, name=name, max_tries=policy.max_tries, timeout=policy.arq_timeout_seconds)
@@ -142,19 +144,14 @@ def _observe(metrics: Metrics | None, labels: dict[str, str], started: float) ->
         metrics.observe(metrics.queue_job_duration_seconds, time.perf_counter() - started, labels)
 
 
-async def _mark_running(redis: Any, job_id: str, job_try: int) -> None:
+async def _mark_cancelled(redis: Any, job_id: str) -> None:
+    """Remember that this try ended by cancellation (shutdown past ``job_completion_wait``, an
+    abort), so the silent path can tell it from a worker that vanished mid-job: a killed worker
+    writes nothing, which is why the normal path needs no Redis round trip at all."""
     if redis is None:
         return
     try:
-        await redis.set(running_job_key(job_id), str(job_try), ex=RUNNING_KEY_TTL_SECONDS)
+        async with asyncio.timeout(CANCELLED_MARKER_TIMEOUT_SECONDS):
+            await redis.set(cancelled_job_key(job_id), "1", ex=CANCELLED_KEY_TTL_SECONDS)
     except Exception as exc:  # the marker only sharpens a DLQ reason; never fail the job for it
-        log_event("WARNING", "job_running_marker_failed", job_id=job_id, error_type=type(exc).__name__)
-
-
-async def _clear_running(redis: Any, job_id: str) -> None:
-    if redis is None:
-        return
-    try:
-        await redis.delete(running_job_key(job_id))
-    except Exception as exc:
-        log_event("WARNING", "job_running_marker_failed", job_id=job_id, error_type=type(exc).__name__)
+        log_event("WARNING", "job_cancelled_marker_failed", job_id=job_id, error_type=type(exc).__name__)

@@ -30,7 +30,7 @@ from shared.infra.config import ConfigError, Settings
 from shared.infra.db import Database
 from shared.infra.logs import log_event
 from shared.infra.metrics import Metrics
-from shared.infra.redis import create_redis, deserialize_job, running_job_key, serialize_job
+from shared.infra.redis import cancelled_job_key, create_redis, deserialize_job, serialize_job
 from shared.jobs.heartbeat import HEARTBEAT_INTERVAL_SECONDS, Heartbeat, delete_heartbeat, write_heartbeat
 from shared.jobs.queues import ALL_QUEUES
 from worker.failure_records import record_from_silent_failure
@@ -180,8 +180,9 @@ class FmhlWorker(Worker):
         elif function is None:
             reason = "function_not_found"
         elif int(result.get("t") or 0) > max_tries:
-            was_running = await self.pool.exists(running_job_key(job_id))
-            reason = "worker_lost" if was_running else "max_tries_exceeded"
+            # its last try started and never finished: cancelled (marker) or its worker vanished
+            was_cancelled = await self.pool.exists(cancelled_job_key(job_id))
+            reason = "max_tries_exceeded" if was_cancelled else "worker_lost"
         else:
             reason = "permanent"
         record = record_from_silent_failure(
@@ -193,7 +194,7 @@ class FmhlWorker(Worker):
                 {"queue": self.queue_name, "function": function_name, "final": "true"},
             )
         await capture(self.ctx.get("db"), self.pool, record, self.metrics)
-        await self.pool.delete(running_job_key(job_id))
+        await self.pool.delete(cancelled_job_key(job_id))
 
 
 def build_worker(

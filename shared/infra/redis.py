@@ -11,7 +11,7 @@ Keys (all under ``fmhl:``; arq's own keys keep arq's names):
 | ``fmhl:dlq:spool`` | list of DLQ records (JSON) | capture, when Postgres is unreachable |
 | ``fmhl:dlq:spool:inflight`` | list | the spool drainer (atomic move, insert, remove) |
 | ``fmhl:heartbeat:{queue}:{worker_id}`` | string (JSON), TTL | each worker |
-| ``fmhl:job:running:{job_id}`` | string (try), TTL | the failure decorator, while a job runs |
+| ``fmhl:job:cancelled:{job_id}`` | string, TTL 1 day | the failure decorator, when a try is cancelled |
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from redis.asyncio import ConnectionPool
 DLQ_SPOOL_KEY: Final = "fmhl:dlq:spool"
 DLQ_SPOOL_INFLIGHT_KEY: Final = "fmhl:dlq:spool:inflight"
 HEARTBEAT_KEY_PREFIX: Final = "fmhl:heartbeat:"
-RUNNING_JOB_KEY_PREFIX: Final = "fmhl:job:running:"
+CANCELLED_JOB_KEY_PREFIX: Final = "fmhl:job:cancelled:"
 
 
 def heartbeat_key(queue: str, worker_id: str) -> str:
     return f"{HEARTBEAT_KEY_PREFIX}{queue}:{worker_id}"
 
 
-def running_job_key(job_id: str) -> str:
-    return f"{RUNNING_JOB_KEY_PREFIX}{job_id}"
+def cancelled_job_key(job_id: str) -> str:
+    return f"{CANCELLED_JOB_KEY_PREFIX}{job_id}"
 
 
 def _json_default(value: Any) -> Any:

@@ -14,7 +14,6 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from cli.embedded import free_port
-from shared.infra.redis import running_job_key
 from shared.jobs.enqueue import enqueue
 from shared.jobs.heartbeat import read_heartbeats
 from shared.jobs.queues import EMAIL_SEND
@@ -121,7 +120,7 @@ async def test_sigkill_on_the_last_try_is_captured_as_worker_lost(
         job_id = await _send_email_job(redis, "kill-1")
         first = Proc(["worker", EMAIL_SEND], env).start()
         try:
-            await _wait_for(lambda: redis.exists(running_job_key(job_id)), 30, "the job to start", first)
+            await _wait_for(lambda: redis.exists(f"arq:in-progress:{job_id}"), 30, "the job to start", first)
             first.signal(signal.SIGKILL)
             first.wait(timeout=10)
         finally:
@@ -155,7 +154,7 @@ async def test_sigterm_lets_the_running_job_finish_and_nothing_is_captured(
     job_id = await _send_email_job(redis, "term-1")
     proc = Proc(["worker", EMAIL_SEND], env).start()
     try:
-        await _wait_for(lambda: redis.exists(running_job_key(job_id)), 30, "the job to start", proc)
+        await _wait_for(lambda: redis.exists(f"arq:in-progress:{job_id}"), 30, "the job to start", proc)
         proc.signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 0
     finally:
