@@ -4,6 +4,8 @@
   as the correlation id for every log line of the request and echoed on the response.
 * Metrics label by route *template* (``scope["route"].path``); unmatched paths share one label.
 * Bodies over ``max_body_bytes`` get 413 before the endpoint sees them.
+* The access log is ours (``http_access``: method, path, route, status, duration, client, with
+  the request id), not uvicorn's: one JSON line per request, probes and scrapes excepted.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from shared.infra.metrics import Metrics
 
 MAX_BODY_BYTES = 1024 * 1024
 UNMATCHED_ROUTE = "unmatched"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Probes and scrapes arrive every few seconds from every kubelet and Prometheus: counted in
+# fmhl_http_* like every request, but not logged unless they fail with a 5xx.
+QUIET_ROUTES = frozenset({"/health/live", "/health/ready", "/metrics"})
+MAX_LOGGED_PATH = 256
 
 
 class PayloadTooLarge(Exception):
@@ -36,8 +43,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        raw_id = headers.get(b"x-request-id")
+        raw_id, declared = _request_id_and_length(scope)
         request_id = accept_or_new(raw_id.decode("latin-1") if raw_id is not None else None)
         token = bind_correlation_id(request_id)
         started = time.perf_counter()
@@ -67,7 +73,6 @@ class RequestContextMiddleware:
             return message
 
         try:
-            declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
                 await self._send_json(send_wrapper, 413, "payload_too_large", "request body exceeds 1 MiB")
             else:
@@ -89,17 +94,16 @@ class RequestContextMiddleware:
                         raise
                     await self._send_json(send_wrapper, 500, "internal_error", "internal server error")
         finally:
-            route = _route_template(scope)
-            method = scope.get("method", "GET")
-            self.metrics.inc(
-                self.metrics.http_requests_total, {"method": method, "route": route, "status": status}
-            )
-            self.metrics.observe(
-                self.metrics.http_request_duration_seconds,
-                time.perf_counter() - started,
-                {"method": method, "route": route},
-            )
+            self._record(scope, status, time.perf_counter() - started)
             reset_correlation_id(token)
+
+    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
+        route = _route_template(scope)
+        method = scope.get("method", "GET")
+        method = method if method in KNOWN_METHODS else "other"  # bounded label values
+        self.metrics.observe_http(method, route, status, elapsed)
+        if route not in QUIET_ROUTES or status >= 500:
+            _log_access(scope, method, route, status, elapsed)
 
     @staticmethod
     async def _send_json(send: Send, status: int, code: str, message: str) -> None:
@@ -115,6 +119,30 @@ class RequestContextMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def _request_id_and_length(scope: Scope) -> tuple[bytes | None, bytes | None]:
+    """The two headers we need, without building a dict of all of them."""
+    raw_id = declared = None
+    for name, value in scope.get("headers") or ():
+        if name == b"x-request-id":
+            raw_id = value
+        elif name == b"content-length":
+            declared = value
+    return raw_id, declared
+
+
+def _log_access(scope: Scope, method: str, route: str, status: int, elapsed: float) -> None:
+    client = scope.get("client")
+    logger.bind(
+        event="http_access",
+        method=method,
+        path=str(scope.get("path", ""))[:MAX_LOGGED_PATH],
+        route=route,
+        status=status,
+        duration_ms=round(elapsed * 1000, 2),
+        client=client[0] if client else None,
+    ).info("http_access")
 
 
 def _route_template(scope: Scope) -> str:

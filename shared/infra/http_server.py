@@ -4,8 +4,8 @@ side listener and each worker's probe port.
 Signals are never uvicorn's: the service's ``run_until_signalled`` and arq's worker own
 SIGTERM/SIGINT, and stop these servers by setting ``should_exit``. A side listener is a
 two-route Starlette app (``/metrics``, ``/health/live``), so it answers with correct status
-lines and reason phrases, enforces uvicorn's header deadlines and speaks keep-alive. uvicorn's
-access log is process-wide, so side listeners log their requests too, each with a request id.
+lines and reason phrases, enforces a request-head deadline and speaks keep-alive. uvicorn's own
+access log is off: the service's middleware writes one with request ids, probes excepted.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def build_uvicorn(
         host=host,
         port=port,
         log_config=None,  # stdlib logging is already routed into loguru (JSON)
-        access_log=True,  # False would silence the process-wide access logger
+        access_log=False,  # service.middleware writes the access log (with request ids)
         lifespan=lifespan,
         timeout_graceful_shutdown=20,
         server_header=False,

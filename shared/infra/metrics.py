@@ -26,6 +26,7 @@ DISTRIBUTION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 DB_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 INBOX_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
+MAX_CACHED_HTTP_LABEL_SETS = 4096
 _SAFE_LABEL = re.compile(r"^[A-Za-z0-9_./:{}\-]{0,128}$")
 
 
@@ -43,6 +44,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = Registry()
+        self._http_labels: dict[tuple[str, str, int], tuple[dict[str, str], dict[str, str]]] = {}
         r = self.registry
         # HTTP
         self.http_requests_total = Counter(
@@ -154,6 +156,21 @@ class Metrics:
     @staticmethod
     def set(gauge: Gauge, value: float, labels: Mapping[str, object] | None = None) -> None:
         gauge.set(_labels(labels or {}), value)
+
+    def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One HTTP request: the counter and the histogram, with label sets built once per
+        (method, route, status) and reused (the hot path of every request, probes included)."""
+        key = (method, route, status)
+        labels = self._http_labels.get(key)
+        if labels is None:
+            labels = (
+                _labels({"method": method, "route": route, "status": status}),
+                _labels({"method": method, "route": route}),
+            )
+            if len(self._http_labels) < MAX_CACHED_HTTP_LABEL_SETS:
+                self._http_labels[key] = labels
+        self.http_requests_total.add(labels[0], 1.0)
+        self.http_request_duration_seconds.observe(labels[1], seconds)
 
     def names(self) -> list[str]:
         """Names of every metric in this registry (used by the dashboard coverage test)."""

@@ -21,7 +21,8 @@ def test_serve_logs_json_with_request_ids_and_drains_on_sigterm(database_url: st
     try:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/health/ready", timeout=30, proc=proc)
-        assert httpx.get(f"{base}/health/live", headers={"X-Request-ID": "e2e-live-1"}).status_code == 200
+        assert httpx.get(f"{base}/health/live", headers={"X-Request-ID": "e2e-probe-1"}).status_code == 200
+        assert httpx.get(f"{base}/openapi.json", headers={"X-Request-ID": "e2e-live-1"}).status_code == 200
         assert httpx.get(f"{base}/nope", headers={"X-Request-ID": "e2e-404-1"}).status_code == 404
         side = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert side.status_code == 200 and "fmhl_http_requests_total" in side.text
@@ -39,6 +40,8 @@ def test_serve_logs_json_with_request_ids_and_drains_on_sigterm(database_url: st
     assert {"e2e-live-1", "e2e-404-1"} <= by_request
     access = [p for p in parsed if p["event"] == "http_access"]
     assert access and all(p.get("request_id") for p in access)
+    assert {p["route"] for p in access} >= {"/openapi.json", "unmatched"}
+    assert "e2e-probe-1" not in by_request, "probes are counted, not logged"
     assert all({"time", "level", "event", "message", "module"} <= p.keys() for p in parsed)
 
 
