@@ -21,9 +21,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cli.errors import CliError
 
-class EmbeddedServerError(RuntimeError):
-    pass
+
+class EmbeddedServerError(CliError):
+    """An embedded server would not start (a one-line message and exit 1 from the CLI)."""
 
 
 def free_port() -> int:

@@ -15,7 +15,6 @@ import asyncio
 import sys
 from collections.abc import Callable, Sequence
 
-from cli.embedded import EmbeddedServerError
 from cli.errors import CliError
 from shared import __version__
 from shared.infra.config import ConfigError, Settings, load_settings
@@ -94,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fmhl-ops: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (MigrationError, CliError, EmbeddedServerError) as exc:
+    except (MigrationError, CliError) as exc:  # CliError includes EmbeddedServerError
         print(f"fmhl-ops: {exc}", file=sys.stderr)
         return 1
     except (OSError, TimeoutError) as exc:
