@@ -220,3 +220,15 @@ def test_checker_accepts_imports_along_the_direction(tmp_path: Path) -> None:
 def test_cycle_finder_sees_a_cycle(tmp_path: Path) -> None:
     root = _tree(tmp_path, {"cli/a.py": "from cli.b import x\n", "cli/b.py": "from cli.a import y\n"})
     assert import_cycles(root) == [["cli.a", "cli.b", "cli.a"]]
+
+
+def test_embedded_servers_stay_off_the_runtime_path() -> None:
+    """Only the dev runner (and tests) import the embedded Postgres/Redis launcher."""
+    importers = sorted(
+        module_name(path, ROOT)
+        for package in PROJECT_PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        if "cli.embedded" in imported_modules(path.read_text(), module_name(path, ROOT), ROOT)
+        and path.name != "embedded.py"
+    )
+    assert importers == ["cli.dev"]
