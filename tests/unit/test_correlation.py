@@ -17,3 +17,13 @@ def test_invalid_ids_are_replaced_by_a_uuid(value: str | None) -> None:
     replaced = accept_or_new(value)
     assert replaced != value
     assert str(uuid.UUID(replaced)) == replaced
+
+
+def test_new_request_ids_are_random_version_4_uuids() -> None:
+    from shared.infra.correlation import new_request_id
+
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value and parsed.version == 4 and parsed.variant == uuid.RFC_4122

@@ -47,3 +47,28 @@ def test_promtool_accepts_the_exposition() -> None:
     body, _ = _populated().render()
     result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def test_observe_http_fast_path_matches_the_public_api() -> None:
+    fast, slow = Metrics(), Metrics()
+    observations = [("GET", "/health/live", 200, 0.003)] * 5 + [("POST", "/x", 500, 0.7)] * 3
+    for method, route, status, seconds in observations:
+        fast.observe_http(method, route, status, seconds)
+        slow.inc(slow.http_requests_total, {"method": method, "route": route, "status": status})
+        slow.observe(slow.http_request_duration_seconds, seconds, {"method": method, "route": route})
+
+    def samples(m: Metrics) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+        body = m.render()[0].decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items())), s.value)
+            for f in text_string_to_metric_families(body)
+            if f.name.startswith("fmhl_http")
+            for s in f.samples
+        }
+
+    assert samples(fast) == samples(slow)
+    assert (
+        "fmhl_http_requests_total",
+        (("method", "GET"), ("route", "/health/live"), ("status", "200")),
+        5.0,
+    ) in (samples(fast))
