@@ -128,7 +128,8 @@ async def capture(
         if db is None:
             raise DependencyUnavailable("postgres", "no database in this process")
         db.pool  # noqa: B018 - raises DependencyUnavailable while not connected: spool at once
-        entry_id = await asyncio.wait_for(_store(db, record), timeout=CAPTURE_DB_TIMEOUT_SECONDS * 2)
+        async with asyncio.timeout(CAPTURE_DB_TIMEOUT_SECONDS * 2):  # no task per capture (3.11)
+            entry_id = await _store(db, record)
         outcome: CaptureOutcome = "stored" if entry_id is not None else "duplicate"
         if metrics is not None and outcome == "stored":
             metrics.inc(metrics.dlq_captured_total, {"queue": record.queue})

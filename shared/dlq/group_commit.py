@@ -97,6 +97,9 @@ class GroupCommitter:
         return await future
 
     async def _write_all(self) -> None:
+        # one turn of the event loop: jobs failing in the same iteration join this batch, at no
+        # added latency (nothing waits on a timer)
+        await asyncio.sleep(0)
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             try:
