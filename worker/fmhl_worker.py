@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
 
+import redis.exceptions
 from arq.cron import CronJob
 from arq.worker import Function, Worker
 
@@ -38,6 +39,17 @@ from worker.failure_records import record_from_silent_failure
 LIVENESS_STALE_SECONDS = 60.0
 # Longer than this and the worker starts anyway: jobs then retry with backoff until Postgres is back.
 DB_STARTUP_WAIT_SECONDS = 30.0
+# A Redis outage (restart, failover, network blip) must not end the process: arq's poll loop lets
+# the first connection error escape ``Worker.main`` (the worker died with a traceback, found by
+# tests/reliability). The poll backs off between these bounds and resumes by itself.
+REDIS_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+REDIS_RETRY_MIN_SECONDS = 0.2
+REDIS_RETRY_MAX_SECONDS = 2.0
 
 
 class FmhlWorker(Worker):
@@ -76,8 +88,45 @@ class FmhlWorker(Worker):
         self._owns_db = False
         self.owns_redis = True
         self._spool_task: asyncio.Future[None] | None = None
+        self._redis_retry_seconds = REDIS_RETRY_MIN_SECONDS
 
     # -- lifecycle -----------------------------------------------------------------------------
+    async def main(self) -> None:
+        await self._wait_for_redis()
+        await super().main()
+
+    async def _wait_for_redis(self) -> None:
+        """arq's ``main`` dials Redis first and dies if it is down: wait (alive, logging) instead."""
+        while True:
+            try:
+                await self.pool.ping()
+                return
+            except REDIS_OUTAGE_ERRORS as exc:
+                await self._redis_outage(exc)
+
+    async def _poll_iteration(self) -> None:
+        """arq's poll, surviving a Redis outage. A job whose own Redis step failed is not lost: it
+        stays in the queue under arq's in-progress lock and runs again once the lock expires."""
+        try:
+            await super()._poll_iteration()
+        except REDIS_OUTAGE_ERRORS as exc:
+            await self._redis_outage(exc)
+        else:
+            self._redis_retry_seconds = REDIS_RETRY_MIN_SECONDS
+
+    async def _redis_outage(self, exc: BaseException) -> None:
+        delay = self._redis_retry_seconds
+        log_event(
+            "WARNING",
+            "worker_redis_unavailable",
+            queue=self.queue_name,
+            error_type=type(exc).__name__,
+            retry_in_s=round(delay, 3),
+        )
+        self.last_poll = time.time()  # the loop is alive; only a dependency is not
+        await asyncio.sleep(delay)
+        self._redis_retry_seconds = min(delay * 2, REDIS_RETRY_MAX_SECONDS)
+
     async def _on_startup(self, ctx: dict[str, Any]) -> None:
         ctx.setdefault("settings", self.settings)
         ctx.setdefault("metrics", self.metrics)
@@ -146,7 +195,10 @@ class FmhlWorker(Worker):
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         if self._spool_task is not None and not self._spool_task.done():
             self._spool_task.cancel()
-        await self.pool.delete(self.health_check_key)
+        try:
+            await self.pool.delete(self.health_check_key)
+        except REDIS_OUTAGE_ERRORS as exc:  # shutting down during a Redis outage: exit cleanly anyway
+            log_event("WARNING", "health_check_key_delete_failed", error_type=type(exc).__name__)
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)
         if self.owns_redis:
