@@ -2,13 +2,27 @@
 
 Used by ``fmhl-ops dev`` when ``DATABASE_URL``/``REDIS_URL`` are unset (data kept under
 ``.run/``), and by the tests when no ``TEST_*_URL`` and no Docker engine exist. Each server is
-a real process with a PID, on a TCP port on 127.0.0.1, stopped by ``stop()``. As root, Postgres
-runs as the unprivileged user ``pgserver`` (Postgres refuses to run as root).
+a real process with a PID, on a TCP port on 127.0.0.1, stopped by ``stop()``.
+
+As root, Postgres runs as the unprivileged user ``pgserver`` (Postgres refuses to run as root),
+and that user must reach both the binaries and the data directory. A checkout under a directory
+only root can enter (``/root/fmhl-ops``, mode 0700) hides both, and we never open up such a
+directory (no chmod of parents we did not create). Instead, only when ``pgserver`` cannot run the
+binaries or enter the data directory's parent:
+
+- the binaries are copied once into ``/var/tmp/fmhl-ops-pgserver-<version>/`` (root-owned, others
+  may read and execute, nobody else may write; staged and renamed, so it is complete or absent);
+- the data directory lives in ``/var/tmp/fmhl-ops-pgdata/<hash of its path>/data`` (owned by
+  ``pgserver``, 0700) and the requested path becomes a symlink to it, so ``.run/postgres`` still
+  names the dev data and survives restarts. ``destroy()`` removes both; a shadow whose symlink is
+  gone (its checkout or temp dir deleted) is pruned at the next start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import pwd
@@ -17,6 +31,7 @@ import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,11 +104,132 @@ def _run_as() -> pwd.struct_passwd | None:
         return pwd.getpwnam("pgserver")
 
 
-def _open_path_for(user: pwd.struct_passwd, path: Path) -> None:
-    """Let ``user`` traverse to ``path`` and own it (root only)."""
-    for parent in path.parents:
-        mode = parent.stat().st_mode
-        parent.chmod(mode | stat.S_IXOTH | stat.S_IXGRP)
+# World-traversable and kept across reboots (dev data lives here when the checkout is root-only).
+SHARED_ROOT = Path("/var/tmp")
+PGDATA_ROOT = SHARED_ROOT / "fmhl-ops-pgdata"
+_PRUNE_AFTER_SECONDS = 60.0  # a shadow younger than this may be mid-setup by another run
+
+
+def _as_user(user: pwd.struct_passwd) -> dict[str, object]:
+    # extra_groups=[] drops root's supplementary groups too (else gid 0 would stay).
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": [], "cwd": "/"}
+
+
+def _user_succeeds(user: pwd.struct_passwd, argv: list[str]) -> bool:
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=30, **_as_user(user))  # type: ignore[call-overload]
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return bool(done.returncode == 0)
+
+
+def _check_root_only_writable(path: Path) -> None:
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        raise EmbeddedServerError(
+            f"{path} must be a directory owned by root that only root can write; remove it and retry"
+        )
+
+
+def _postgres_bin_for(user: pwd.struct_passwd | None) -> Path:
+    """pgserver's bin directory, or a world-readable copy of it when ``user`` cannot run it."""
+    bin_dir = _postgres_bin()
+    if user is None or all(
+        _user_succeeds(user, [str(bin_dir / b), "--version"]) for b in ("postgres", "initdb")
+    ):
+        return bin_dir
+    install = bin_dir.parent  # .../pgserver/pginstall
+    libs = (
+        install.parent.parent / "pgserver.libs"
+    )  # the wheel's bundled libpq ($ORIGIN/../../../pgserver.libs)
+    try:
+        version = importlib.metadata.version("pgserver")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    target = SHARED_ROOT / f"fmhl-ops-pgserver-{version}"
+    if not target.exists():
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=SHARED_ROOT))
+        try:
+            for part in ("bin", "lib", "share"):
+                shutil.copytree(install / part, staging / "pgserver" / "pginstall" / part, symlinks=True)
+            if libs.is_dir():
+                shutil.copytree(libs, staging / "pgserver.libs", symlinks=True)
+            for root, _dirs, files in os.walk(staging):
+                os.chmod(root, 0o755)
+                for name in files:
+                    file = os.path.join(root, name)
+                    if not os.path.islink(file):
+                        executable = os.stat(file).st_mode & stat.S_IXUSR
+                        os.chmod(file, 0o755 if executable else 0o644)
+            with contextlib.suppress(OSError):  # lost a race with another run: theirs is complete
+                staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    _check_root_only_writable(target)
+    return target / "pgserver" / "pginstall" / "bin"
+
+
+def _shadow_home(data_dir: Path) -> Path:
+    return PGDATA_ROOT / hashlib.sha256(str(data_dir).encode()).hexdigest()[:20]
+
+
+def _prune_shadows() -> None:
+    """Remove shadow data directories whose symlink is gone and whose server is not running."""
+    now = time.time()
+    for home in PGDATA_ROOT.iterdir():
+        try:
+            if now - home.stat().st_mtime < _PRUNE_AFTER_SECONDS:
+                continue
+            link = (home / "link").read_text().strip()
+            if os.path.islink(link) and os.readlink(link) == str(home / "data"):
+                continue
+            pid_file = home / "data" / "postmaster.pid"
+            if pid_file.exists() and _pid_alive(int(pid_file.read_text().split()[0])):
+                continue
+        except (OSError, ValueError, IndexError):
+            continue
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _data_dir_for(user: pwd.struct_passwd, data_dir: Path) -> Path:
+    """Where Postgres keeps ``data_dir``'s data: itself when ``user`` can enter its parent,
+    else a shadow under ``PGDATA_ROOT`` that ``data_dir`` links to (see the module docstring)."""
+    data_dir = Path(os.path.abspath(data_dir))
+    home = _shadow_home(data_dir)
+    shadow = home / "data"
+    if data_dir.is_symlink() and os.readlink(data_dir) == str(shadow) and shadow.is_dir():
+        home.touch()
+        return shadow
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    if not data_dir.is_symlink() and _user_succeeds(user, ["test", "-x", str(data_dir.parent)]):
+        data_dir.mkdir(exist_ok=True)
+        return data_dir
+    PGDATA_ROOT.mkdir(mode=0o711, exist_ok=True)
+    _check_root_only_writable(PGDATA_ROOT)
+    _prune_shadows()
+    home.mkdir(mode=0o711, exist_ok=True)
+    (home / "link").write_text(f"{data_dir}\n")
+    if data_dir.is_symlink():
+        data_dir.unlink()  # points to a shadow that was removed: start afresh
+    elif data_dir.is_dir():
+        shutil.rmtree(shadow, ignore_errors=True)
+        shutil.move(str(data_dir), str(shadow))  # data made by an older version in place: keep it
+    shadow.mkdir(mode=0o700, exist_ok=True)
+    data_dir.symlink_to(shadow)
+    return shadow
+
+
+def _own_data_dir(user: pwd.struct_passwd, path: Path) -> None:
     path.chmod(0o700)  # Postgres refuses a data directory others can read
     for root, dirs, files in os.walk(path):
         os.chown(root, user.pw_uid, user.pw_gid)
@@ -115,18 +251,22 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def start(self, timeout: float = 60.0) -> EmbeddedPostgres:
-        bin_dir = _postgres_bin()
         user = _run_as()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        if user is not None:
-            _open_path_for(user, self.data_dir)
-        run_kwargs: dict[str, object] = {"user": user.pw_uid, "group": user.pw_gid} if user else {}
-        if not (self.data_dir / "PG_VERSION").exists():
+        bin_dir = _postgres_bin_for(user)
+        if user is None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            pgdata = self.data_dir
+            run_kwargs: dict[str, object] = {}
+        else:
+            pgdata = _data_dir_for(user, self.data_dir)
+            _own_data_dir(user, pgdata)
+            run_kwargs = _as_user(user)
+        if not (pgdata / "PG_VERSION").exists():
             subprocess.run(
                 [
                     str(bin_dir / "initdb"),
                     "-D",
-                    str(self.data_dir),
+                    str(pgdata),
                     "-U",
                     "postgres",
                     "--auth=trust",
@@ -137,22 +277,22 @@ class EmbeddedPostgres:
                 capture_output=True,
                 **run_kwargs,  # type: ignore[call-overload]
             )
-        stale_pid = self.data_dir / "postmaster.pid"
+        stale_pid = pgdata / "postmaster.pid"
         if stale_pid.exists():
             stale_pid.unlink()
-        log = self.data_dir / "server.log"
+        log = pgdata / "server.log"
         with open(log, "ab") as log_file:
             self.process = subprocess.Popen(  # type: ignore[call-overload]
                 [
                     str(bin_dir / "postgres"),
                     "-D",
-                    str(self.data_dir),
+                    str(pgdata),
                     "-p",
                     str(self.port),
                     "-h",
                     "127.0.0.1",
                     "-k",
-                    str(self.data_dir),
+                    str(pgdata),
                     "-c",
                     "fsync=off",
                     "-c",
@@ -166,7 +306,7 @@ class EmbeddedPostgres:
                 **run_kwargs,
             )
         assert self.process is not None
-        _wait_for_ready(self, timeout, log)
+        _wait_for_ready(self, bin_dir, timeout, log)
         return self
 
     def stop(self, timeout: float = 15.0) -> None:
@@ -177,14 +317,22 @@ class EmbeddedPostgres:
         _stop_process(self.process)
 
     def destroy(self) -> None:
+        """Stop and delete the data, including a shadow directory outside ``data_dir``."""
         self.stop()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        data_dir = Path(os.path.abspath(self.data_dir))
+        if data_dir.is_symlink():
+            home = _shadow_home(data_dir)
+            if os.readlink(data_dir) == str(home / "data"):
+                shutil.rmtree(home, ignore_errors=True)
+            data_dir.unlink()
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def _wait_for_ready(pg: EmbeddedPostgres, timeout: float, log: Path) -> None:
+def _wait_for_ready(pg: EmbeddedPostgres, bin_dir: Path, timeout: float, log: Path) -> None:
     assert pg.process is not None
     _wait_for_port(pg.port, timeout, pg.process, log)
-    pg_isready = _postgres_bin() / "pg_isready"
+    pg_isready = bin_dir / "pg_isready"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         ok = subprocess.run(
