@@ -1,0 +1,248 @@
+"""The newcomer path as root with the checkout inside a directory only root can enter.
+
+``/root/fmhl-ops`` is the typical case: ``/root`` is 0700, so the unprivileged ``pgserver`` user
+that runs the embedded Postgres can reach neither the binaries in ``.venv`` nor ``.run/``. Here
+a 0700 directory under the test's tmp path stands in for ``/root``; the repository is cloned into
+it and pgserver's wheel (binaries and bundled libs) is copied into the clone's own site dir, which
+comes first on ``PYTHONPATH``: the clone's code runs with the clone's binaries, as after
+``make run`` there, without building a second venv. Nothing may chmod the 0700 directory.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from cli import embedded
+from cli.embedded import EmbeddedPostgres, EmbeddedServerError, free_port
+from shared.infra.migrations import migrate
+from tests.infra import docker_engine_available
+from tests.procs import Proc, base_env, wait_http
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("git") is None, reason="the root-only checkout case needs root and git"
+)
+
+
+@dataclass
+class Checkout:
+    locked: Path  # mode 0700, owned by root: stands in for /root
+    clone: Path
+    site: Path  # the clone's site-packages holding pgserver
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.site / "pgserver" / "pginstall" / "bin"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = base_env(PYTHONPATH=f"{self.site}{os.pathsep}{self.clone}", **extra)
+        for name in ("TEST_DATABASE_URL", "TEST_REDIS_URL"):
+            env.pop(name, None)  # the embedded servers are what this is about
+        return env
+
+
+@pytest.fixture(scope="module")
+def checkout() -> Iterator[Checkout]:
+    base = Path(tempfile.mkdtemp(prefix="fmhl-root-only-"))  # 0700, root-owned
+    try:
+        locked = base / "root"
+        locked.mkdir(mode=0o700)
+        clone = locked / "fmhl-ops"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, capture_output=True)
+        spec = importlib.util.find_spec("pgserver")
+        assert spec is not None and spec.submodule_search_locations
+        package = Path(next(iter(spec.submodule_search_locations)))
+        site = (
+            clone
+            / ".venv"
+            / "lib"
+            / f"python{sys.version_info.major}.{sys.version_info.minor}"
+            / "site-packages"
+        )
+        site.mkdir(parents=True)
+        shutil.copytree(package, site / "pgserver", ignore=shutil.ignore_patterns("include", "__pycache__"))
+        if (package.parent / "pgserver.libs").is_dir():
+            shutil.copytree(package.parent / "pgserver.libs", site / "pgserver.libs")
+        yield Checkout(locked=locked, clone=clone, site=site)
+        assert stat.S_IMODE(locked.stat().st_mode) == 0o700, "nothing may open up the root-only directory"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _pgserver_user() -> pwd.struct_passwd:
+    return pwd.getpwnam("pgserver")
+
+
+def _uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Uid line for {pid}")
+
+
+def _processes_mentioning(*needles: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().decode(errors="replace").replace("\0", " ")
+        except OSError:
+            continue
+        if any(needle in text for needle in needles):
+            found.append(f"{cmdline.parent.name}: {text}")
+    return found
+
+
+def test_the_unprivileged_user_cannot_run_the_clones_binaries(checkout: Checkout) -> None:
+    """The premise: run in place, as before the fix, Postgres could not even be executed."""
+    user = embedded._run_as()
+    assert user is not None
+    assert not embedded._user_succeeds(user, [str(checkout.bin_dir / "postgres"), "--version"])
+    assert embedded._postgres_bin_for(None) == embedded._postgres_bin()  # not root: used in place
+
+
+async def test_embedded_postgres_runs_from_a_root_only_tree_via_a_shared_copy(
+    checkout: Checkout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = Path(tempfile.mkdtemp(prefix="fmhl-shared-", dir="/tmp"))
+    shared.chmod(0o755)  # like /var/tmp: reachable by everyone
+    monkeypatch.setattr(embedded, "SHARED_ROOT", shared)
+    monkeypatch.setattr(embedded, "PGDATA_ROOT", shared / "fmhl-ops-pgdata")
+    monkeypatch.setattr(embedded, "_postgres_bin", lambda: checkout.bin_dir)
+    data_dir = checkout.clone / ".run-inprocess" / "postgres"
+    pg = EmbeddedPostgres(data_dir)
+    try:
+        started = time.monotonic()
+        pg.start()
+        took = time.monotonic() - started
+        assert pg.process is not None
+        exe = os.readlink(f"/proc/{pg.process.pid}/exe")
+        copies = list(shared.glob("fmhl-ops-pgserver-*"))
+        print(
+            f"first start from the root-only tree (copy + initdb + start): {took:.2f}s; postgres runs {exe}"
+        )
+        assert len(copies) == 1 and exe.startswith(str(copies[0]))
+        assert copies[0].stat().st_uid == 0 and stat.S_IMODE(copies[0].stat().st_mode) == 0o755
+        assert _uid_of(pg.process.pid) == _pgserver_user().pw_uid
+        assert data_dir.is_symlink() and (data_dir / "PG_VERSION").exists()
+        pgdata = data_dir.resolve()
+        assert pgdata.is_relative_to(shared / "fmhl-ops-pgdata")
+        assert (
+            pgdata.stat().st_uid == _pgserver_user().pw_uid and stat.S_IMODE(pgdata.stat().st_mode) == 0o700
+        )
+        applied = await migrate(pg.dsn)
+        assert applied, "every migration applies on the embedded server"
+        conn = await asyncpg.connect(pg.dsn)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(applied)
+        finally:
+            await conn.close()
+        pg.stop()
+        pg = EmbeddedPostgres(data_dir).start()  # a restart keeps the data
+        assert await migrate(pg.dsn) == []
+    finally:
+        pg.destroy()
+        shutil.rmtree(shared, ignore_errors=True)
+    assert not data_dir.exists() and not data_dir.is_symlink()
+    assert not pgdata.exists(), "destroy removes the shadow data directory"
+
+
+def test_a_shared_copy_someone_else_could_write_is_refused(
+    checkout: Checkout, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    shared = Path(tempfile.mkdtemp(prefix="fmhl-shared-", dir="/tmp"))
+    try:
+        shared.chmod(0o755)
+        monkeypatch.setattr(embedded, "SHARED_ROOT", shared)
+        monkeypatch.setattr(embedded, "_postgres_bin", lambda: checkout.bin_dir)
+        planted = shared / f"fmhl-ops-pgserver-{importlib.metadata.version('pgserver')}"
+        planted.mkdir()
+        planted.chmod(0o777)  # anyone could have put their own "postgres" in it
+        with pytest.raises(EmbeddedServerError, match="only root can write"):
+            EmbeddedPostgres(tmp_path / "pg").start()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_make_run_from_the_root_only_checkout(checkout: Checkout) -> None:
+    """``fmhl-ops dev`` (what ``make run`` starts) from the clone: ready, then stops everything."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import cli.embedded as e; print(e.__file__); print(e._postgres_bin())"],
+        env=checkout.env(),
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    module_file, bin_dir = probe.stdout.split()
+    assert Path(module_file).is_relative_to(checkout.clone) and Path(bin_dir) == checkout.bin_dir
+    port = free_port()
+    data_dir = checkout.clone / ".run" / "postgres"
+    proc = Proc(
+        ["dev", "--host", "127.0.0.1", "--port", str(port)], checkout.env(), cwd=str(checkout.clone)
+    ).start()
+    pgdata: Path | None = None
+    try:
+        started = time.monotonic()
+        ready = wait_http(f"http://127.0.0.1:{port}/health/ready", timeout=90, proc=proc)
+        took = time.monotonic() - started
+        print(f"make run from a root-only checkout: ready in {took:.1f}s")
+        assert ready.json()["checks"]["postgres:responseTime"][0]["status"] == "pass"
+        pgdata = data_dir.resolve()
+        postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+        assert _uid_of(postmaster) == _pgserver_user().pw_uid
+        exe = os.readlink(f"/proc/{postmaster}/exe")
+        assert exe.startswith(str(embedded.SHARED_ROOT / "fmhl-ops-pgserver-")), exe
+        proc.signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(timeout=40) in (0, 130), proc.output()[-3000:]
+    finally:
+        proc.stop(timeout=30)
+        if pgdata is not None:
+            assert _processes_mentioning(str(pgdata), str(checkout.clone)) == []
+        EmbeddedPostgres(data_dir).destroy()  # the dev data lives outside the clone: remove it too
+
+
+@pytest.mark.timeout(240)
+def test_make_test_from_the_root_only_checkout(checkout: Checkout) -> None:
+    """The test suite's own backends from the clone: embedded servers when no URL and no Docker."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/integration/test_migrations.py",
+            "-k",
+            "fresh_database",
+        ],
+        env=checkout.env(),
+        cwd=checkout.clone,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    took = time.monotonic() - started
+    source = "testcontainers" if docker_engine_available() else "embedded"
+    print(f"pytest in the root-only clone ({source} backends): rc {done.returncode} in {took:.1f}s")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "1 passed" in done.stdout
