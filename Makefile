@@ -46,7 +46,7 @@ pytest: $(VENV)/.dev tools
 
 test: lint typecheck pytest
 
-bench: $(VENV)/.dev
+bench: $(VENV)/.dev tools
 	$(BIN)/python -m bench
 
 clean:

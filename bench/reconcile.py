@@ -1,50 +1,35 @@
-"""Bench ``reconcile_balances`` on 100,000 providers and 2,000,000 ledger rows.
-
-Where Postgres comes from: ``TEST_DATABASE_URL``, else ``DATABASE_URL`` (a scratch database
-``fmhl_bench_<random>`` is created on that server, so its user needs CREATEDB, and dropped at the
-end), else an embedded server (``cli.embedded.EmbeddedPostgres``) in a temporary directory,
-destroyed at the end.
+"""Reconciliation: ``reconcile_balances`` on ``reconcile_providers`` providers x 20 ledger rows
+(100,000 providers and 2,000,000 ledger rows at 1m scale), in the bench's scratch database.
 
 Data, loaded set-based (one ``INSERT ... SELECT generate_series`` per table): every provider has
-20 ledger rows (a top-up, charges, refunds) and a balance equal to its ledger sum; then 1,000
-providers get a small drift (corrected) and 50 a large one (alerted), then ``VACUUM ANALYZE``.
+20 ledger rows (a top-up, charges, refunds) and a balance equal to its ledger sum; then 1 % of the
+providers get a small drift (corrected) and 0.05 % a large one (alerted), then ``VACUUM ANALYZE``.
 
 Baselines, measured in the same run against the same data:
+- the floor: a bare ``SELECT provider_id, sum(amount) ... GROUP BY`` over the whole ledger; the
+  product's set-based mismatch scan is reported as a ratio of it (target: at most 2x the floor);
 - the original design: list the providers, then one ``sum(amount)`` query per provider, timed
-  on a random 2,000-provider sample and extrapolated to all of them;
-- the floor: a bare ``SELECT provider_id, sum(amount) ... GROUP BY`` over the whole ledger.
+  on a random 2,000-provider sample and extrapolated to all of them.
+Both ``reconcile_balances`` runs must find exactly the injected drifts (the second finds only the
+large ones, which are alerted, never corrected), or the case fails.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import shutil
 import statistics
-import tempfile
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from cli.embedded import EmbeddedPostgres
+from bench.common import Backends, Result, Scale, progress, quiet_stdout, timed
 from shared.infra.config import Settings
 from shared.infra.db import create_pool, execute, fetch, fetchval
-from shared.infra.logs import configure_logging
 from shared.infra.metrics import Metrics
-from shared.infra.migrations import migrate
 from shared.marketplace.reconciliation import SCAN_MISMATCHES, reconcile_balances
 
-PROVIDERS = 100_000
-LEDGER_ROWS = 2_000_000
-SMALL_DRIFTS = 1_000
-LARGE_DRIFTS = 50
+LEDGER_PER_PROVIDER = 20
 NAIVE_SAMPLE = 2_000
 AUTO_CORRECT_MAX = Decimal("1.00")
 
@@ -91,119 +76,90 @@ NAIVE_SAMPLE_IDS = "SELECT id FROM providers ORDER BY random() LIMIT $1"
 NAIVE_SUM_ONE = "SELECT coalesce(sum(amount), 0) FROM ledger_entries WHERE provider_id = $1"
 
 
-def run() -> None:
-    asyncio.run(bench_reconcile())
+async def reconcile_case(backends: Backends, scale: Scale) -> list[Result]:
+    providers = scale.reconcile_providers
+    small, large = max(1, providers // 100), max(1, providers // 2_000)
+    sample = min(NAIVE_SAMPLE, providers)
+    progress(f"reconcile: {providers:,} providers, {providers * LEDGER_PER_PROVIDER:,} ledger rows")
+    dsn = backends.database_url
+    conn = await asyncpg.connect(dsn)
+    try:
+        load_s = await timed(lambda: _load(conn, providers, small, large))
+        floor_s = await _median(lambda: fetchval(conn, "bench_group_by_floor", GROUP_BY_FLOOR), 3)
+        scan_s = await _median(lambda: fetch(conn, "reconcile_scan_mismatches", SCAN_MISMATCHES), 3)
+        naive_s, sampled_s = await _naive_extrapolated(conn, providers, sample)
+    finally:
+        await conn.close()
 
-
-async def bench_reconcile() -> None:
-    # One ERROR line per alerted provider (and a slow_query warning for the scan) is expected
-    # here and would drown the figures; the counts are printed below instead.
-    configure_logging("CRITICAL")
-    async with scratch_database() as (dsn, source):
-        print(f"bench reconcile: {PROVIDERS:,} providers, {LEDGER_ROWS:,} ledger rows (postgres: {source})")
-        await migrate(dsn)
-        conn = await asyncpg.connect(dsn)
-        try:
-            load_s = await _timed(lambda: _load(conn))
-            _line("load (set-based inserts, vacuum analyze)", load_s)
-            floor_s = await _median(lambda: fetchval(conn, "bench_group_by_floor", GROUP_BY_FLOOR), 3)
-            scan_s = await _median(lambda: fetch(conn, "reconcile_scan_mismatches", SCAN_MISMATCHES), 3)
-            naive_s, sampled_s = await _naive_extrapolated(conn)
-        finally:
-            await conn.close()
-
-        metrics = Metrics()
-        settings = Settings(database_url=dsn, redis_url=None, db_command_timeout_seconds=300)
-        pool = await create_pool(settings, application_name="fmhl-bench", metrics=metrics)
-        try:
+    metrics = Metrics()
+    settings = Settings(database_url=dsn, redis_url=None, db_command_timeout_seconds=300)
+    pool = await create_pool(settings, application_name="fmhl-bench", metrics=metrics)
+    try:
+        with quiet_stdout():
             first = await reconcile_balances(pool, metrics, auto_correct_max=AUTO_CORRECT_MAX)
             second = await reconcile_balances(pool, metrics, auto_correct_max=AUTO_CORRECT_MAX)
-        finally:
-            await pool.close()
+    finally:
+        await pool.close()
 
-    expected = (PROVIDERS, SMALL_DRIFTS + LARGE_DRIFTS, SMALL_DRIFTS, LARGE_DRIFTS)
+    expected = (providers, small + large, small, large)
     got = (first.checked, first.discrepancies, first.corrected, first.alerted)
-    if got != expected:
-        raise SystemExit(
-            f"bench reconcile: expected (checked, found, corrected, alerted) {expected}, got {got}"
+    wrong = (
+        ""
+        if got == expected and second.alerted == large and second.corrected == 0
+        else (
+            f"; WRONG: expected (checked, found, corrected, alerted) {expected}, got {got}, "
+            f"then {second.corrected} corrected / {second.alerted} alerted"
         )
-    _line("baseline: GROUP BY sum over the whole ledger", floor_s, "the floor")
-    _line(
-        "baseline: naive loop, one query per provider",
-        naive_s,
-        f"{NAIVE_SAMPLE:,} sampled in {sampled_s:.3f} s, extrapolated to {PROVIDERS:,}",
     )
-    _line("set-based scan (one query, mismatches only)", scan_s, f"{scan_s / floor_s:.2f}x the floor")
-    _line(
-        f"reconcile_balances: {first.corrected:,} corrected, {first.alerted} alerted",
-        first.duration_seconds,
-        f"{naive_s / first.duration_seconds:.1f}x faster than naive",
-    )
-    _line(
-        f"reconcile_balances again: {second.alerted} alerted",
-        second.duration_seconds,
-        f"{naive_s / second.duration_seconds:.1f}x faster than naive",
-    )
+    case = "reconciliation"
+    return [
+        Result(
+            case,
+            "set-based mismatch scan vs bare GROUP BY",
+            scan_s * 1000,
+            "ms",
+            baseline=floor_s * 1000,
+            ratio=scan_s / floor_s,
+            target="<= 2",
+            passed=False if wrong else None,
+            note=f"ratio = scan / GROUP BY (lower is better); data loaded in {load_s:.1f} s" + wrong,
+        ),
+        Result(
+            case,
+            f"reconcile_balances: {first.corrected:,} corrected, {first.alerted} alerted",
+            first.duration_seconds * 1000,
+            "ms",
+            baseline=naive_s * 1000,
+            ratio=naive_s / first.duration_seconds,
+            note=(
+                f"baseline: naive loop of one query per provider, {sample:,} sampled in "
+                f"{sampled_s:.2f} s, extrapolated; ratio = times faster; again: "
+                f"{second.duration_seconds * 1000:.0f} ms, {second.alerted} alerted" + wrong
+            ),
+        ),
+    ]
 
 
-def _line(label: str, seconds: float, note: str = "") -> None:
-    print(f"  {label:<50} {seconds:9.3f} s   {note}".rstrip())
-
-
-async def _load(conn: Any) -> None:
-    await execute(conn, "bench_insert_providers", INSERT_PROVIDERS, PROVIDERS)
-    await execute(conn, "bench_insert_ledger", INSERT_LEDGER, LEDGER_ROWS // PROVIDERS)
+async def _load(conn: Any, providers: int, small: int, large: int) -> None:
+    await execute(conn, "bench_insert_providers", INSERT_PROVIDERS, providers)
+    await execute(conn, "bench_insert_ledger", INSERT_LEDGER, LEDGER_PER_PROVIDER)
     await execute(conn, "bench_sync_balances", SYNC_BALANCES)
-    await execute(conn, "bench_inject_drifts", INJECT_DRIFTS, SMALL_DRIFTS, LARGE_DRIFTS)
+    await execute(conn, "bench_inject_drifts", INJECT_DRIFTS, small, large)
     await execute(conn, "bench_vacuum", "VACUUM ANALYZE providers, ledger_entries")
 
 
-async def _naive_extrapolated(conn: Any) -> tuple[float, float]:
+async def _naive_extrapolated(conn: Any, providers: int, size: int) -> tuple[float, float]:
     """The original design's cost: list providers, then one ledger query each (sampled)."""
-    list_s = await _timed(lambda: fetch(conn, "bench_naive_list", NAIVE_LIST))
-    sample = [row["id"] for row in await fetch(conn, "bench_naive_sample", NAIVE_SAMPLE_IDS, NAIVE_SAMPLE)]
+    list_s = await timed(lambda: fetch(conn, "bench_naive_list", NAIVE_LIST))
+    sample = [row["id"] for row in await fetch(conn, "bench_naive_sample", NAIVE_SAMPLE_IDS, size)]
 
     async def loop() -> None:
         for provider_id in sample:
             await fetchval(conn, "bench_naive_sum_one", NAIVE_SUM_ONE, provider_id)
 
-    sampled_s = await _timed(loop)
-    return list_s + sampled_s * PROVIDERS / len(sample), sampled_s
-
-
-async def _timed(action: Callable[[], Awaitable[Any]]) -> float:
-    started = time.perf_counter()
-    await action()
-    return time.perf_counter() - started
+    sampled_s = await timed(loop)
+    return list_s + sampled_s * providers / len(sample), sampled_s
 
 
 async def _median(action: Callable[[], Awaitable[Any]], repeats: int) -> float:
-    return statistics.median([await _timed(action) for _ in range(repeats)])
-
-
-@contextlib.asynccontextmanager
-async def scratch_database() -> AsyncIterator[tuple[str, str]]:
-    """A fresh database on the configured server (or an embedded one), dropped at the end."""
-    server_dsn = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
-    source = "TEST_DATABASE_URL" if os.environ.get("TEST_DATABASE_URL") else "DATABASE_URL"
-    with contextlib.ExitStack() as stack:
-        if not server_dsn:
-            root = Path(tempfile.mkdtemp(prefix="fmhl-bench-pg-"))
-            stack.callback(shutil.rmtree, root, True)
-            server = EmbeddedPostgres(root / "data").start()
-            stack.callback(server.destroy)
-            server_dsn, source = server.dsn, "embedded"
-        name = f"fmhl_bench_{uuid.uuid4().hex[:10]}"
-        admin = await asyncpg.connect(server_dsn)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-            try:
-                parts = urlsplit(server_dsn)
-                yield (
-                    urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment)),
-                    source,
-                )
-            finally:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    return statistics.median([await timed(action) for _ in range(repeats)])
