@@ -357,7 +357,7 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 20.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        save = ["--save", "60 1", "--dbfilename", "dump.rdb"] if self.persist else ["--save", ""]
+        save = ["--save", "60", "1", "--dbfilename", "dump.rdb"] if self.persist else ["--save", ""]
         log = self.data_dir / "redis.log"
         self.process = subprocess.Popen(
             [

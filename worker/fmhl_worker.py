@@ -45,6 +45,9 @@ DB_STARTUP_WAIT_SECONDS = 30.0
 REDIS_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    # redis-py reports a connection lost during arq's WATCH as a WatchError (arq itself catches
+    # the ordinary WatchError of a job taken by another worker, so only the outage escapes).
+    redis.exceptions.WatchError,
     ConnectionError,
     TimeoutError,
 )
@@ -113,6 +116,16 @@ class FmhlWorker(Worker):
             await self._redis_outage(exc)
         else:
             self._redis_retry_seconds = REDIS_RETRY_MIN_SECONDS
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's ``start_jobs`` takes a slot (semaphore + ``job_counter``) before its Redis calls
+        and does not give it back when one of them fails: each outage would leak a slot until
+        the worker picked no job at all. The job being started holds exactly that one slot."""
+        try:
+            await super().start_jobs(job_ids)
+        except REDIS_OUTAGE_ERRORS:
+            self._release_sem_dec_counter_on_complete()
+            raise
 
     async def _redis_outage(self, exc: BaseException) -> None:
         delay = self._redis_retry_seconds
