@@ -10,6 +10,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from service import openapi
+from service.console.app import ConsoleDispatch, build_console
 from service.errors import EXCEPTION_HANDLERS
 from service.middleware import RequestContextMiddleware
 from service.routes import audit, auth, dlq, health, metrics, queues
@@ -55,7 +56,10 @@ def create_app(
     routes = [route for module in ROUTE_MODULES for route in module.ROUTES] + [openapi.openapi_route(spec)]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestContextMiddleware, metrics=app_metrics)],
+        middleware=[
+            Middleware(RequestContextMiddleware, metrics=app_metrics),
+            Middleware(ConsoleDispatch, console=build_console(state)),  # /console, /docs: HTML
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -75,6 +75,39 @@ async def record(
     return audit_id
 
 
+SELECT_PAGE = """
+SELECT id, occurred_at, actor, actor_user_id, action, target_type, target_id, metadata, ip, request_id
+FROM audit_log
+WHERE ($1::text IS NULL OR action = $1)
+  AND ($2::text IS NULL OR actor = $2)
+  AND ($3::bigint IS NULL OR id < $3)
+ORDER BY id DESC
+LIMIT $4
+"""
+
+SELECT_FOR_TARGET = """
+SELECT id, occurred_at, actor, actor_user_id, action, target_type, target_id, metadata, ip, request_id
+FROM audit_log
+WHERE target_type = $1 AND target_id = $2
+ORDER BY occurred_at DESC, id DESC
+LIMIT $3
+"""
+
+
+async def page(
+    conn: Conn, *, action: str | None, actor: str | None, before_id: int | None, limit: int
+) -> list[AuditEntry]:
+    """Newest first by id (identity order = insert order), keyset-paged with ``before_id``."""
+    rows = await fetch(conn, "audit_page", SELECT_PAGE, action, actor, before_id, limit)
+    return [AuditEntry(**dict(row)) for row in rows]
+
+
+async def for_target(conn: Conn, *, target_type: str, target_id: str, limit: int = 50) -> list[AuditEntry]:
+    """One target's history, newest first (served by ``audit_log_target_idx``)."""
+    rows = await fetch(conn, "audit_for_target", SELECT_FOR_TARGET, target_type, target_id, limit)
+    return [AuditEntry(**dict(row)) for row in rows]
+
+
 async def recent(
     conn: Conn, *, action: str | None = None, target_id: str | None = None, limit: int = 100
 ) -> list[AuditEntry]:

@@ -29,7 +29,8 @@ DEFAULT_LIMIT = 20
 
 LIST_COLUMNS = """
     id, queue_name, job_id, function, error_type, error_message, fingerprint, attempts, reason,
-    enqueued_at, failed_at, correlation_id, resolved_at, resolved_by, resolution, retry_job_id, retry_of
+    enqueued_at, failed_at, correlation_id, resolved_at, resolved_by, resolution, retry_job_id, retry_of,
+    content_escaped
 """
 
 
@@ -52,10 +53,12 @@ class DlqEntry:
     resolution: str | None
     retry_job_id: str | None
     retry_of: uuid.UUID | None
+    content_escaped: bool = False
     args: list[Any] | None = None
     kwargs: dict[str, Any] | None = None
     stack_trace: str | None = None
     resolution_note: str | None = None
+    payload_omitted: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> DlqEntry:
@@ -83,6 +86,7 @@ class DlqEntry:
             "resolution": self.resolution,
             "retry_job_id": self.retry_job_id,
             "retry_of": str(self.retry_of) if self.retry_of else None,
+            "content_escaped": self.content_escaped,
         }
         if detail:
             body |= {
@@ -90,6 +94,7 @@ class DlqEntry:
                 "kwargs": self.kwargs,
                 "stack_trace": self.stack_trace,
                 "resolution_note": self.resolution_note,
+                "payload_omitted": self.payload_omitted,
             }
         return body
 
@@ -247,7 +252,7 @@ async def group_entries(
 
 
 GET_ENTRY = f"""
-SELECT {LIST_COLUMNS}, args, kwargs, stack_trace, resolution_note
+SELECT {LIST_COLUMNS}, args, kwargs, stack_trace, resolution_note, payload_omitted
 FROM dead_letter_queue WHERE id = $1
 """
 
@@ -257,6 +262,77 @@ async def get_entry(conn: Conn, entry_id: uuid.UUID) -> DlqEntry:
     if row is None:
         raise NotFound(f"no DLQ entry {entry_id}")
     return DlqEntry.from_row(row)
+
+
+# The retry chain through one entry: the entries it was retried from (``retry_of``, walking up)
+# and the entries its retries produced (walking down), each bounded by ``$2`` steps. Both walks
+# use an index (primary key up, ``dlq_retry_of_idx`` down).
+LINEAGE = f"""
+WITH RECURSIVE up AS (
+    SELECT d.retry_of AS id, 1 AS depth FROM dead_letter_queue d WHERE d.id = $1 AND d.retry_of IS NOT NULL
+    UNION ALL
+    SELECT d.retry_of, up.depth + 1 FROM dead_letter_queue d JOIN up ON d.id = up.id
+    WHERE d.retry_of IS NOT NULL AND up.depth < $2
+), down AS (
+    SELECT d.id, 1 AS depth FROM dead_letter_queue d WHERE d.retry_of = $1
+    UNION ALL
+    SELECT d.id, down.depth + 1 FROM dead_letter_queue d JOIN down ON d.retry_of = down.id
+    WHERE down.depth < $2
+)
+SELECT {LIST_COLUMNS}, -up.depth AS step FROM dead_letter_queue JOIN up USING (id)
+UNION ALL
+SELECT {LIST_COLUMNS}, down.depth AS step FROM dead_letter_queue JOIN down USING (id)
+ORDER BY step
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    """Oldest ancestor first in ``retried_from``; the entry's own retries, in order, in ``retried_as``."""
+
+    retried_from: list[DlqEntry]
+    retried_as: list[DlqEntry]
+
+
+async def lineage(conn: Conn, entry_id: uuid.UUID, *, max_depth: int = 20) -> Lineage:
+    rows = await fetch(conn, "dlq_lineage", LINEAGE, entry_id, max_depth)
+    up: list[DlqEntry] = []
+    down: list[DlqEntry] = []
+    for row in rows:
+        data = dict(row)
+        step = data.pop("step")
+        (up if step < 0 else down).append(DlqEntry.from_row(data))
+    return Lineage(retried_from=up, retried_as=down)
+
+
+GROUP = """
+SELECT fingerprint, queue_name,
+       (array_agg(function ORDER BY last_failed_at DESC))[1] AS function,
+       (array_agg(error_type ORDER BY last_failed_at DESC))[1] AS error_type,
+       (array_agg(sample_message ORDER BY last_failed_at DESC))[1] AS sample_message,
+       sum(unresolved_count) AS count, min(first_failed_at) AS first_failed_at,
+       max(last_failed_at) AS last_failed_at
+FROM dlq_groups WHERE queue_name = $1 AND fingerprint = $2
+GROUP BY fingerprint, queue_name
+"""
+
+
+async def get_group(conn: Conn, *, queue: str, fingerprint: str) -> DlqGroup:
+    """One failure group with its *unresolved* count (what a group action would touch)."""
+    DlqFilter(queue=queue, fingerprint=fingerprint)  # validates
+    row = await fetchrow(conn, "dlq_group_one", GROUP, queue, fingerprint)
+    if row is None:
+        raise NotFound(f"no failure group {fingerprint} on {queue}")
+    return DlqGroup(
+        fingerprint=row["fingerprint"],
+        queue=row["queue_name"],
+        function=row["function"],
+        error_type=row["error_type"],
+        sample_message=row["sample_message"],
+        count=int(row["count"]),
+        first_failed_at=row["first_failed_at"],
+        last_failed_at=row["last_failed_at"],
+    )
 
 
 def parse_entry_id(raw: str) -> uuid.UUID:

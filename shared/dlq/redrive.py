@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from arq.connections import ArqRedis
 
 from shared import audit
 from shared.dlq.browse import DlqEntry, get_entry
+from shared.dlq.content import map_strings, unescape_text
 from shared.infra.db import Conn, execute, fetch, fetchrow
 from shared.infra.errors import Conflict, DependencyUnavailable, Invalid, NotFound
 from shared.infra.metrics import Metrics
@@ -49,16 +51,34 @@ def retry_job_id(entry_id: uuid.UUID) -> str:
     return f"dlq-retry:{entry_id}"
 
 
-async def _enqueue_replay(redis: ArqRedis, metrics: Metrics | None, row: Any) -> str:
+def _original_call(row: Any) -> tuple[str, list[Any], dict[str, Any]]:
+    """Function, args and kwargs as the job carried them (``shared.dlq.content``: unescaped)."""
     if row["function"] == "<unknown>":
         raise Conflict("this entry has no job payload to replay (it expired in Redis)", code="not_retryable")
-    kwargs = dict(row["kwargs"] or {}) | {RETRY_OF_KWARG: str(row["id"])}
+    if row["payload_omitted"] is not None:
+        raise Conflict(f"the job's arguments were not stored: {row['payload_omitted']}", code="not_retryable")
+    function, args, kwargs = row["function"], list(row["args"] or []), dict(row["kwargs"] or {})
+    if row["content_escaped"]:
+        function = unescape_text(function)
+        args, kwargs = map_strings(args, unescape_text), map_strings(kwargs, unescape_text)
+        try:
+            orjson.dumps([args, kwargs])
+        except TypeError as exc:
+            raise Conflict(
+                f"the original arguments cannot travel as JSON again ({exc})", code="not_retryable"
+            ) from exc
+    return function, args, kwargs
+
+
+async def _enqueue_replay(redis: ArqRedis, metrics: Metrics | None, row: Any) -> str:
+    function, args, original_kwargs = _original_call(row)
+    kwargs = original_kwargs | {RETRY_OF_KWARG: str(row["id"])}
     job_id = retry_job_id(row["id"])
     try:
         await enqueue_call(
             redis,
-            row["function"],
-            args=list(row["args"] or []),
+            function,
+            args=args,
             kwargs=kwargs,
             metrics=metrics,
             job_id=job_id,
@@ -75,7 +95,8 @@ async def _enqueue_replay(redis: ArqRedis, metrics: Metrics | None, row: Any) ->
 
 
 LOCK_ONE = """
-SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at
+SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at, content_escaped,
+       payload_omitted
 FROM dead_letter_queue WHERE id = $1 FOR UPDATE
 """
 MARK_RETRIED = """
@@ -123,21 +144,26 @@ async def resolve_entry(pool: Any, entry_id: uuid.UUID, actor: Actor, note: str 
         return await get_entry(conn, entry_id)
 
 
-# Entries with no payload to replay (function '<unknown>': the job expired in Redis) are left out
+# Entries with no payload to replay (function '<unknown>': the job expired in Redis; or
+# ``payload_omitted``: too large or not JSON, shared.dlq.content) are left out
 # of the locking query itself, not skipped after it: otherwise, being the oldest, they would use
 # up ``max`` on every call and a group holding ``max`` of them could never be redriven.
 LOCK_BY_IDS = """
-SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at
+SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at, content_escaped,
+       payload_omitted
 FROM dead_letter_queue
 WHERE id = ANY($1::uuid[]) AND resolved_at IS NULL AND function <> '<unknown>'
+  AND payload_omitted IS NULL
 ORDER BY failed_at, id
 LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
 LOCK_BY_FINGERPRINT = """
-SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at
+SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at, content_escaped,
+       payload_omitted
 FROM dead_letter_queue
 WHERE queue_name = $1 AND fingerprint = $2 AND resolved_at IS NULL AND function <> '<unknown>'
+  AND payload_omitted IS NULL
 ORDER BY failed_at, id
 LIMIT $3
 FOR UPDATE SKIP LOCKED
@@ -194,6 +220,68 @@ async def bulk_retry(
             },
         )
     return BulkRetryResult(len(job_ids), job_ids, entry_ids)
+
+
+RESOLVE_BY_FINGERPRINT = """
+WITH picked AS (
+    SELECT id FROM dead_letter_queue
+    WHERE queue_name = $1 AND fingerprint = $2 AND resolved_at IS NULL
+    ORDER BY failed_at, id
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE dead_letter_queue AS d
+SET resolved_at = now(), resolved_by = $3, resolution = 'manual', resolution_note = $4
+FROM picked WHERE d.id = picked.id
+RETURNING d.id
+"""
+
+
+async def resolve_group(
+    pool: Any,
+    actor: Actor,
+    *,
+    queue: str,
+    fingerprint: str,
+    note: str | None,
+    max_entries: int = MAX_BULK,
+) -> list[uuid.UUID]:
+    """Resolve by hand up to ``max_entries`` unresolved entries of one failure group.
+
+    One statement (``SKIP LOCKED``: concurrent calls take disjoint entries), one audit row per
+    entry (so each entry's history shows it) and one for the group action, in one transaction.
+    """
+    if queue not in ALL_QUEUES:
+        raise Invalid(f"queue must be one of {', '.join(ALL_QUEUES)}")
+    if not 1 <= max_entries <= MAX_BULK:
+        raise Invalid(f"max must be between 1 and {MAX_BULK}")
+    if note is not None and len(note) > 2000:
+        raise Invalid("note must be at most 2000 characters")
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await fetch(
+            conn,
+            "dlq_resolve_group",
+            RESOLVE_BY_FINGERPRINT,
+            queue,
+            fingerprint,
+            actor.name,
+            note,
+            max_entries,
+        )
+        entry_ids = [row["id"] for row in rows]
+        for entry_id in entry_ids:
+            await _audit(conn, actor, "dlq.resolve", entry_id, {"note": note, "bulk": True})
+        await audit.record(
+            conn,
+            actor=actor.name,
+            actor_user_id=actor.user_id,
+            ip=actor.ip,
+            action="dlq.bulk_resolve",
+            target_type="dlq_fingerprint",
+            target_id=fingerprint,
+            metadata={"queue": queue, "resolved": len(entry_ids), "max": max_entries, "note": note},
+        )
+    return entry_ids
 
 
 async def _audit(
