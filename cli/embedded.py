@@ -15,11 +15,13 @@ binaries or enter the data directory's parent:
 - the data directory lives in ``/var/tmp/fmhl-ops-pgdata/<hash of its path>/data`` (owned by
   ``pgserver``, 0700) and the requested path becomes a symlink to it, so ``.run/postgres`` still
   names the dev data and survives restarts. ``destroy()`` removes both; a shadow whose symlink is
-  gone (its checkout or temp dir deleted) is pruned at the next start.
+  gone (its checkout or temp dir deleted) is pruned when the process that made it exits, and by
+  any later start.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import importlib.metadata
@@ -173,12 +175,23 @@ def _shadow_home(data_dir: Path) -> Path:
     return PGDATA_ROOT / hashlib.sha256(str(data_dir).encode()).hexdigest()[:20]
 
 
-def _prune_shadows() -> None:
+_SHADOWS_MADE: set[Path] = set()
+
+
+@atexit.register
+def _prune_own_shadows() -> None:
+    """A caller that stopped its server and deleted its temp dir (not ``destroy()``) leaves a
+    shadow whose symlink is gone: remove the ones this process made."""
+    with contextlib.suppress(OSError):
+        _prune_shadows(_SHADOWS_MADE, min_age_seconds=0.0)
+
+
+def _prune_shadows(homes: set[Path] | None = None, min_age_seconds: float = _PRUNE_AFTER_SECONDS) -> None:
     """Remove shadow data directories whose symlink is gone and whose server is not running."""
     now = time.time()
-    for home in PGDATA_ROOT.iterdir():
+    for home in sorted(homes) if homes is not None else PGDATA_ROOT.iterdir():
         try:
-            if now - home.stat().st_mtime < _PRUNE_AFTER_SECONDS:
+            if now - home.stat().st_mtime < min_age_seconds:
                 continue
             link = (home / "link").read_text().strip()
             if os.path.islink(link) and os.readlink(link) == str(home / "data"):
@@ -218,6 +231,7 @@ def _data_dir_for(user: pwd.struct_passwd, data_dir: Path) -> Path:
     _check_root_only_writable(PGDATA_ROOT)
     _prune_shadows()
     home.mkdir(mode=0o711, exist_ok=True)
+    _SHADOWS_MADE.add(home)
     (home / "link").write_text(f"{data_dir}\n")
     if data_dir.is_symlink():
         data_dir.unlink()  # points to a shadow that was removed: start afresh
