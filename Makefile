@@ -19,12 +19,13 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.embedded
 
 run: $(VENV)/.embedded
-	$(BIN)/fmhl-ops dev
+	$(BIN)/fmhl-ops dev --demo
 
 # Debian packages the tests drive for real: promtool + Prometheus server (prometheus), amtool +
-# Alertmanager (prometheus-alertmanager), a browser (chromium) and a load generator (wrk).
+# Alertmanager (prometheus-alertmanager), redis_exporter for the dashboard's Redis panels
+# (prometheus-redis-exporter), a browser (chromium) and a load generator (wrk).
 # Installed only when a command is missing (CI runs as root; elsewhere sudo is used).
-DEB_TOOLS := promtool:prometheus amtool:prometheus-alertmanager prometheus-alertmanager:prometheus-alertmanager chromium:chromium wrk:wrk
+DEB_TOOLS := promtool:prometheus amtool:prometheus-alertmanager prometheus-alertmanager:prometheus-alertmanager prometheus-redis-exporter:prometheus-redis-exporter chromium:chromium wrk:wrk
 tools:
 	@missing=""; for pair in $(DEB_TOOLS); do cmd=$${pair%%:*}; pkg=$${pair#*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
