@@ -1,6 +1,11 @@
 """Kubernetes manifests: both overlays render, validate offline for two Kubernetes versions, and
 the pieces fit together (selectors, ports, probes, autoscaling targets, monitoring, config).
 
+Layout: ``k8s/base`` holds built-in kinds only, so it applies to a plain cluster; custom resources
+(prometheus-operator, KEDA, AlertmanagerConfig) and the Grafana dashboard are kustomize components
+in ``k8s/components`` that overlays opt into. Rendering uses the real kustomize inside ``kubectl``
+(``kubectl kustomize``; kustomize v5 on this machine kind), a missing kubectl fails the tests.
+
 kubernetes-validate has no schemas for CRDs; the kinds it may skip are listed in CRD_KINDS and
 checked by the tests below instead. Any other skipped kind fails the test.
 """
@@ -9,9 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +33,23 @@ from shared.jobs.queues import ALL_QUEUES, JOB_QUEUES
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
+COMPONENTS_DIR = K8S / "components"
 RULES_FILE = REPO / "alerts" / "prometheus-rules.yml"
+DASHBOARD_FILE = REPO / "dashboards" / "fmhl-ops.json"
 OVERLAYS = {"dev": "fmhl-ops-dev", "prod": "fmhl-ops"}  # overlay -> namespace
 # Two minor versions, both shipped offline with kubernetes-validate (`--help` lists the default).
 K8S_VERSIONS = ("1.30.0", "1.33.0")
-CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject"}
-WORKLOAD_KINDS = {"Deployment", "Job"}
+# component -> the kinds it adds; the custom resources live in components only.
+COMPONENT_KINDS = {
+    "prometheus-operator": {"ServiceMonitor", "PodMonitor", "PrometheusRule"},
+    "alertmanager-config": {"AlertmanagerConfig"},
+    "keda": {"ScaledObject"},
+    "grafana-dashboard": {"ConfigMap"},
+}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject", "AlertmanagerConfig"}
+# overlay -> the components it opts into (dev: none that needs a CRD, so it applies to a plain cluster)
+OVERLAY_COMPONENTS = {"dev": {"grafana-dashboard"}, "prod": set(COMPONENT_KINDS)}
+WORKLOAD_KINDS = {"Deployment"}
 SERVICE_NAME = "fmhl-ops"
 IMAGE = "fmhl-ops"
 UID = 10001
@@ -53,26 +73,49 @@ def worker_deployment(queue: str) -> str:
     return f"fmhl-ops-worker-{k8s_name(queue)}"
 
 
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """YAML 1.2 reads a bare ``=`` (kustomize's ``matchType: =``) as a string; PyYAML's 1.1
+    "value" tag would refuse it."""
+
+
+_Loader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
+_LOADER = _Loader
+
+
+def kustomize(directory: Path) -> str:
+    """``kubectl kustomize`` with the default load restrictor, exactly what ``kubectl apply -k`` reads."""
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl not found: the k8s tests render with `kubectl kustomize` (kustomize v5)"
+    result = subprocess.run(
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, f"kubectl kustomize {directory}: {result.stderr}"
+    return result.stdout
+
+
+def parse(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.load_all(text, Loader=_LOADER) if doc]
 
 
 @functools.cache
 def rendered_text(overlay: str) -> str:
-    result = subprocess.run(
-        ["kubectl", "kustomize", str(K8S / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return kustomize(K8S / "overlays" / overlay)
 
 
 @functools.cache
 def rendered(overlay: str) -> list[dict[str, Any]]:
     """Parsed documents, cached per session: tests must not mutate them."""
-    return [doc for doc in yaml.load_all(rendered_text(overlay), Loader=_LOADER) if doc]
+    return parse(rendered_text(overlay))
+
+
+@functools.cache
+def rendered_base() -> list[dict[str, Any]]:
+    return parse(kustomize(K8S / "base"))
+
+
+def kustomization(directory: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    return doc
 
 
 def of_kind(overlay: str, kind: str) -> list[dict[str, Any]]:
@@ -98,6 +141,20 @@ def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     assert set(selector) <= {"matchLabels"}, "only matchLabels selectors are used (and understood here)"
     return all(labels.get(key) == value for key, value in selector.get("matchLabels", {}).items())
+
+
+def all_containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = pod_spec(workload)
+    containers: list[dict[str, Any]] = spec.get("initContainers", []) + spec["containers"]
+    return containers
+
+
+def app_config(overlay: str) -> dict[str, Any]:
+    """The settings ConfigMap (the other ConfigMap is the dashboard)."""
+    (config,) = [
+        c for c in of_kind(overlay, "ConfigMap") if c["metadata"]["name"].startswith("fmhl-ops-config")
+    ]
+    return config
 
 
 def container_ports(workload: dict[str, Any]) -> dict[str, int]:
@@ -204,6 +261,10 @@ def test_kubernetes_validate_strict(overlay: str, tmp_path: Path) -> None:
     assert not [line for line in lines if line.startswith(("ERROR", "FATAL"))], report
     skipped = {m.group(1) for line in lines if (m := _SKIPPED.match(line))}
     assert skipped <= CRD_KINDS, f"kinds skipped without a schema: {sorted(skipped - CRD_KINDS)}"
+    # Only the opted-in components bring custom resources; dev has none, so it applies to a cluster
+    # without any CRD installed.
+    opted_in = {kind for component in OVERLAY_COMPONENTS[overlay] for kind in COMPONENT_KINDS[component]}
+    assert skipped == opted_in & CRD_KINDS, report
     unexplained = [line for line in lines if not _SKIPPED.match(line) and not _PASSED.match(line)]
     assert not unexplained, report
     passed = [m.groups() for line in lines if (m := _PASSED.match(line))]
@@ -249,13 +310,55 @@ def test_pods_meet_the_restricted_pod_security_standard(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_one_image_for_every_process(overlay: str) -> None:
-    images = {c["image"] for w in workloads(overlay) for c in pod_spec(w)["containers"]}
+    images = {c["image"] for w in workloads(overlay) for c in all_containers(w)}
     assert len(images) == 1, images
     (image,) = images
     repository, _, tag = image.rpartition(":")
     assert repository.rsplit("/", 1)[-1] == IMAGE, image
     if overlay == "prod":
         assert re.fullmatch(r"\d+\.\d+\.\d+", tag), f"prod must pin a release tag, not {tag!r}"
+        assert tag == project_version(), f"prod runs {tag}, the package is {project_version()}"
+
+
+def project_version() -> str:
+    version: str = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    return version
+
+
+def _image_problem(image: str) -> str | None:
+    """Why an image reference is not pinned (None if it is): a tag other than latest, or a digest."""
+    if "@sha256:" in image:
+        return None
+    name, _, tag = image.rpartition(":")
+    if not name or "/" in tag:  # no tag at all ("registry:5000/x" has a colon but no tag)
+        return f"{image}: untagged (means latest)"
+    if tag == "latest":
+        return f"{image}: latest"
+    return None
+
+
+def test_no_latest_or_untagged_images_anywhere() -> None:
+    """A re-apply must not change what runs: base, every overlay, every container, init included."""
+    sources = {"base": rendered_base(), **{overlay: rendered(overlay) for overlay in OVERLAYS}}
+    for where, docs in sources.items():
+        for workload in (d for d in docs if d["kind"] in WORKLOAD_KINDS):
+            for container in all_containers(workload):
+                problem = _image_problem(container["image"])
+                assert problem is None, (
+                    f"{where} {workload['metadata']['name']}/{container['name']}: {problem}"
+                )
+    base_tags = {
+        c["image"].rpartition(":")[2]
+        for w in rendered_base()
+        if w["kind"] in WORKLOAD_KINDS
+        for c in all_containers(w)
+    }
+    assert base_tags == {project_version()}, f"the base pins the package version, not {base_tags}"
+    for path in sorted(K8S.rglob("kustomization.yaml")):
+        for entry in kustomization(path.parent).get("images", []):
+            assert entry.get("newTag") != "latest" and (entry.get("newTag") or entry.get("digest")), (
+                f"{path.relative_to(REPO)}: images entry {entry} must pin a tag or a digest"
+            )
 
 
 def _probe(container: dict[str, Any], kind: str) -> tuple[str, str]:
@@ -281,7 +384,7 @@ def test_service_deployment(overlay: str) -> None:
     for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
         _assert_sane_probe(kind, container[kind])
     # Readiness runs its dependency checks with HEALTH_CHECK_TIMEOUT_SECONDS each, concurrently.
-    (config,) = of_kind(overlay, "ConfigMap")
+    config = app_config(overlay)
     assert container["readinessProbe"]["timeoutSeconds"] > float(
         config["data"]["HEALTH_CHECK_TIMEOUT_SECONDS"]
     )
@@ -328,12 +431,27 @@ def test_worker_deployments(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_migration_job(overlay: str) -> None:
-    (job,) = of_kind(overlay, "Job")
-    (container,) = pod_spec(job)["containers"]
-    assert container["args"] == ["migrate"]
-    assert pod_spec(job)["restartPolicy"] in {"Never", "OnFailure"}
-    assert job["spec"]["backoffLimit"] >= 1
+def test_every_pod_migrates_first(overlay: str) -> None:
+    """No Job (its pod template is immutable: a re-apply of a changed Job fails). Every pod runs
+    `fmhl-ops migrate` as its only init container, with its own image and configuration; the
+    migrator is idempotent and advisory-locked, so concurrent pods take turns."""
+    assert not [d for d in rendered(overlay) if d["kind"] in {"Job", "CronJob"}]
+    assert {d["kind"] for d in rendered(overlay)} >= {"Deployment"}
+    for workload in workloads(overlay):
+        where = workload["metadata"]["name"]
+        (init,) = pod_spec(workload)["initContainers"]
+        (main,) = pod_spec(workload)["containers"]
+        assert init["args"] == ["migrate"], where
+        assert "command" not in init, f"{where}: the image's entrypoint is the fmhl-ops CLI"
+        assert init["image"] == main["image"], where
+        assert init["envFrom"] == main["envFrom"], f"{where}: migrate needs the same DATABASE_URL"
+        assert not any(k.endswith("Probe") for k in init), where
+
+
+def test_migrate_is_a_cli_command() -> None:
+    cli = Path(sys.executable).with_name("fmhl-ops")
+    result = subprocess.run([str(cli), "migrate", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- Configuration -----------------------------------------------------------------------------
@@ -341,7 +459,7 @@ def test_migration_job(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_config_and_secret(overlay: str) -> None:
-    (config,) = of_kind(overlay, "ConfigMap")
+    config = app_config(overlay)
     assert set(config["data"]) == CONFIG_KEYS
     assert config["data"]["LOG_FORMAT"] == "json"
     secrets = by_name(overlay, "Secret")
@@ -353,7 +471,7 @@ def test_config_and_secret(overlay: str) -> None:
         secret = {"DATABASE_URL": "postgresql://u@db/fmhl", "REDIS_URL": "redis://redis/0"}
         secret["MFA_ENCRYPTION_KEY"] = "Zm1obC1kZXYtb25seS1OT1QtQS1TRUNSRVQta2V5ISE="
     for workload in workloads(overlay):
-        for container in pod_spec(workload)["containers"]:
+        for container in all_containers(workload):
             refs = container["envFrom"]
             assert {"configMapRef": {"name": config["metadata"]["name"]}} in refs
             assert {"secretRef": {"name": "fmhl-ops-secrets"}} in refs
@@ -420,7 +538,22 @@ def test_keda_scaled_objects_target_the_queue_workers() -> None:
             metrics_used |= set(re.findall(r"fmhl_[a-z_]+", query))
         assert metrics_used == {"fmhl_queue_oldest_job_age_seconds", "fmhl_queue_depth"}
         assert metrics_used <= known
+    assert deployments[worker_deployment("scheduler")]["spec"]["replicas"] == 1, "one scheduler, not scaled"
+    # Without the keda component nothing else sets the workers' replica count: the base keeps it.
     assert not of_kind("dev", "ScaledObject")
+    for name, deployment in by_name("dev", "Deployment").items():
+        if name != SERVICE_NAME:
+            assert deployment["spec"]["replicas"] >= 1, name
+
+
+def test_keda_queries_follow_the_overlay_namespace(tmp_path: Path) -> None:
+    """The keda component takes the namespace of its PromQL from the overlay's Namespace."""
+    docs = parse(kustomize(write_overlay(tmp_path, "fmhl-staging", ["keda"])))
+    queries = [
+        t["metadata"]["query"] for d in docs if d["kind"] == "ScaledObject" for t in d["spec"]["triggers"]
+    ]
+    assert len(queries) == 2 * len(JOB_QUEUES)
+    assert all('{namespace="fmhl-staging",queue="' in query for query in queries), queries
 
 
 # --- Network and monitoring ---------------------------------------------------------------------
@@ -448,7 +581,10 @@ def test_only_monitoring_reaches_the_metrics_ports(overlay: str) -> None:
                     assert rule.get("from") == MONITORING_PEER, policy["metadata"]["name"]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+MONITORED = [overlay for overlay in OVERLAYS if "prometheus-operator" in OVERLAY_COMPONENTS[overlay]]
+
+
+@pytest.mark.parametrize("overlay", MONITORED)
 def test_service_monitor(overlay: str) -> None:
     (monitor,) = of_kind(overlay, "ServiceMonitor")
     service = by_name(overlay, "Service")[SERVICE_NAME]
@@ -463,7 +599,7 @@ def test_service_monitor(overlay: str) -> None:
     assert f'up{{job="{service["metadata"]["name"]}"}}' in alert_expr("HealthCheckFailing")
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", MONITORED)
 def test_pod_monitor(overlay: str) -> None:
     (monitor,) = of_kind(overlay, "PodMonitor")
     selected = _pods_selected(overlay, monitor["spec"]["selector"])
@@ -485,17 +621,115 @@ def test_pod_monitor(overlay: str) -> None:
 
 
 def test_prometheus_rule_is_the_rules_file() -> None:
-    generated = yaml.safe_load((K8S / "base" / "prometheus-rule.yaml").read_text())
+    generated = yaml.safe_load((COMPONENTS_DIR / "prometheus-operator" / "prometheus-rule.yaml").read_text())
     assert generated["spec"]["groups"] == load_rules()["groups"], (
-        "k8s/base/prometheus-rule.yaml is stale: run .venv/bin/python k8s/render_prometheus_rule.py"
+        "the PrometheusRule is stale: run .venv/bin/python k8s/render.py"
     )
-    check = subprocess.run(
-        [sys.executable, str(K8S / "render_prometheus_rule.py"), "--check"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
-    for overlay in OVERLAYS:
+    for overlay in MONITORED:
         (rule,) = of_kind(overlay, "PrometheusRule")
         assert rule["spec"]["groups"] == load_rules()["groups"]
+
+
+def test_generated_component_files_are_current() -> None:
+    """PrometheusRule, AlertmanagerConfig and the dashboard copy match their sources."""
+    check = subprocess.run(
+        [sys.executable, str(K8S / "render.py"), "--check"], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+# --- Layout: base, components, overlays --------------------------------------------------------
+
+BUILTIN_API_VERSIONS = {"v1", "apps/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1"}
+
+
+def test_base_has_only_built_in_kinds_and_no_job() -> None:
+    docs = rendered_base()
+    kinds = {d["kind"] for d in docs}
+    assert not kinds & CRD_KINDS, f"custom resources belong in components: {kinds & CRD_KINDS}"
+    assert {d["apiVersion"] for d in docs} <= BUILTIN_API_VERSIONS, {d["apiVersion"] for d in docs}
+    assert "Job" not in kinds and "CronJob" not in kinds
+    assert kustomization(K8S / "base").get("components") is None, "the base opts into nothing"
+
+
+def test_components_are_kustomize_components_holding_the_custom_resources() -> None:
+    found = {path.name for path in COMPONENTS_DIR.iterdir() if path.is_dir()}
+    assert found == set(COMPONENT_KINDS), found
+    for name in COMPONENT_KINDS:
+        doc = kustomization(COMPONENTS_DIR / name)
+        assert (doc["apiVersion"], doc["kind"]) == ("kustomize.config.k8s.io/v1alpha1", "Component"), name
+        for resource in doc.get("resources", []):
+            path = COMPONENTS_DIR / name / resource
+            assert path.is_file(), f"{name}: {resource} (components hold their own files)"
+            for item in yaml.safe_load_all(path.read_text()):
+                if item:
+                    assert item["kind"] in COMPONENT_KINDS[name], f"{name}: {item['kind']}"
+    every_crd = {kind for kinds in COMPONENT_KINDS.values() for kind in kinds} & CRD_KINDS
+    assert every_crd == CRD_KINDS, "every custom resource kind lives in a component"
+
+
+def write_overlay(root: Path, namespace: str, components: list[str]) -> Path:
+    """A throwaway overlay: a Namespace, the base and the given components."""
+    root.mkdir(parents=True, exist_ok=True)
+    namespace_doc = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+    (root / "namespace.yaml").write_text(yaml.safe_dump(namespace_doc))
+    doc = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "namespace": namespace,
+        # kustomize wants relative paths; directories outside the root are allowed.
+        "resources": ["namespace.yaml", os.path.relpath(K8S / "base", root)],
+        "components": [os.path.relpath(COMPONENTS_DIR / name, root) for name in components],
+    }
+    (root / "kustomization.yaml").write_text(yaml.safe_dump(doc))
+    return root
+
+
+@pytest.mark.parametrize("component", sorted(COMPONENT_KINDS))
+def test_each_component_builds_on_the_base_alone(component: str, tmp_path: Path) -> None:
+    """A component composes with the base by itself: an overlay may pick any subset."""
+    docs = parse(kustomize(write_overlay(tmp_path, "fmhl-ops", [component])))
+    base = {(d["kind"], d["metadata"]["name"]) for d in rendered_base()}
+    added = {(d["kind"], d["metadata"]["name"]) for d in docs} - base - {("Namespace", "fmhl-ops")}
+    assert added, f"{component} adds nothing"
+    assert {kind for kind, _ in added} <= COMPONENT_KINDS[component], added
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlays_opt_into_components(overlay: str) -> None:
+    doc = kustomization(K8S / "overlays" / overlay)
+    listed = {Path(path).name for path in doc.get("components", [])}
+    assert listed == OVERLAY_COMPONENTS[overlay]
+    for path in doc.get("components", []):
+        assert (K8S / "overlays" / overlay / path).resolve().parent == COMPONENTS_DIR.resolve(), path
+    kinds = {d["kind"] for d in rendered(overlay)}
+    for component in COMPONENT_KINDS:
+        crds = COMPONENT_KINDS[component] & CRD_KINDS
+        if component in OVERLAY_COMPONENTS[overlay]:
+            assert crds <= kinds, f"{overlay} opts into {component} but renders no {crds}"
+        else:
+            assert not crds & kinds, f"{overlay} renders {crds & kinds} without opting into {component}"
+
+
+# Client-side `kubectl apply` keeps the whole object in the last-applied-configuration
+# annotation, and all annotations of an object together may hold 256 KiB.
+ANNOTATION_LIMIT = 256 * 1024
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_fits_a_client_side_apply(overlay: str) -> None:
+    for doc in rendered(overlay):
+        size = len(json.dumps(doc, separators=(",", ":")).encode())
+        assert size < ANNOTATION_LIMIT // 2, f"{doc['kind']}/{doc['metadata']['name']}: {size} bytes"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_grafana_dashboard_config_map(overlay: str) -> None:
+    """A ConfigMap for Grafana's sidecar (label grafana_dashboard="1"), with the dashboard file
+    byte for byte, under a fixed name (a hash suffix would leave duplicates of the same uid)."""
+    (dashboard,) = [c for c in of_kind(overlay, "ConfigMap") if c["metadata"]["name"] == "fmhl-ops-dashboard"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert set(dashboard["data"]) == {"fmhl-ops.json"}
+    assert dashboard["data"]["fmhl-ops.json"] == DASHBOARD_FILE.read_text()
+    copy = COMPONENTS_DIR / "grafana-dashboard" / "fmhl-ops.json"
+    assert copy.read_bytes() == DASHBOARD_FILE.read_bytes(), "stale copy: run .venv/bin/python k8s/render.py"
