@@ -56,6 +56,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.QueryCanceledError,
+    # A pooled connection left mid-operation when Postgres went away answers the next query with
+    # "cannot switch to state N; another operation is in progress" (seen in the chaos test at a
+    # Postgres restart). A retry runs on another connection; a real driver bug exhausts the tries.
+    asyncpg.exceptions.InternalClientError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )
