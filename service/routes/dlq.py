@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -36,7 +37,8 @@ from shared.dlq.browse import (
     parse_entry_id,
 )
 from shared.dlq.redrive import DEFAULT_BULK, MAX_BULK, Actor, bulk_retry, resolve_entry, retry_entry
-from shared.infra.errors import Invalid
+from shared.dlq.rejects import MAX_LISTED, newest_rejected
+from shared.infra.errors import DependencyUnavailable, Invalid
 
 BASE = "/api/v1/admin/queues/dlq"
 
@@ -133,9 +135,21 @@ async def dlq_bulk_retry(request: Request, principal: Principal) -> Response:
     return JSONResponse({"retried": result.retried, "job_ids": result.job_ids}, status_code=202)
 
 
+async def dlq_rejected(request: Request, principal: Principal) -> Response:
+    """Records Postgres refused (``shared.dlq.rejects``), newest first, with the refusal."""
+    params = query_params(request, ("limit",))
+    limit = int_in_range(params.get("limit"), "limit", 1, MAX_LISTED, 20)
+    try:
+        total, entries = await newest_rejected(app_state(request).redis, limit)
+    except (OSError, TimeoutError, RedisError) as exc:
+        raise DependencyUnavailable("redis", "the rejected-record list cannot be read") from exc
+    return JSONResponse({"total": total, "items": entries})
+
+
 ROUTES = [
     Route(BASE, admin_endpoint(list_dlq), methods=["GET"]),
     Route(f"{BASE}/groups", admin_endpoint(dlq_groups), methods=["GET"]),
+    Route(f"{BASE}/rejected", admin_endpoint(dlq_rejected), methods=["GET"]),
     Route(f"{BASE}/retry", admin_endpoint(dlq_bulk_retry), methods=["POST"]),
     Route(BASE + "/{entry_id}", admin_endpoint(dlq_detail), methods=["GET"]),
     Route(BASE + "/{entry_id}/retry", admin_endpoint(dlq_retry), methods=["POST"]),
@@ -173,6 +187,11 @@ ENTRY_PROPERTIES: dict[str, Any] = {
     "resolution": {"type": ["string", "null"], "enum": ["retried", "manual", None]},
     "retry_job_id": {"type": ["string", "null"]},
     "retry_of": {"type": ["string", "null"], "format": "uuid"},
+    "content_escaped": {
+        "type": "boolean",
+        "description": "text fields and payload strings are escaped: `\\` doubled, NUL and lone "
+        "surrogates as `\\uXXXX` (shared/dlq/content.py)",
+    },
 }
 ENTRY_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -181,13 +200,17 @@ ENTRY_SCHEMA: dict[str, Any] = {
 }
 DETAIL_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": [*ENTRY_PROPERTIES, "args", "kwargs", "stack_trace", "resolution_note"],
+    "required": [*ENTRY_PROPERTIES, "args", "kwargs", "stack_trace", "resolution_note", "payload_omitted"],
     "properties": ENTRY_PROPERTIES
     | {
         "args": {"type": "array"},
         "kwargs": {"type": "object"},
         "stack_trace": {"type": "string"},
         "resolution_note": {"type": ["string", "null"]},
+        "payload_omitted": {
+            "type": ["string", "null"],
+            "description": "why args/kwargs were not stored (too large, not JSON); not retryable then",
+        },
     },
 }
 GROUP_SCHEMA: dict[str, Any] = {
@@ -300,6 +323,38 @@ OPENAPI_PATHS: dict[str, Any] = {
                     }
                 },
             },
+        )
+    },
+    f"{BASE}/rejected": {
+        "get": _op(
+            "DLQ records Postgres refused (kept in Redis for an operator), newest first",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["total", "items"],
+                        "properties": {
+                            "total": {"type": "integer", "minimum": 0},
+                            "items": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "rejected_at": {"type": ["string", "null"]},
+                                        "error": {"type": "string"},
+                                        "record": {},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                    "the newest rejected records and how many there are",
+                ),
+                **error_responses("400", "401", "403", "503"),
+            },
+            parameters=[
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}}
+            ],
         )
     },
     BASE + "/{entry_id}": {

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.state import AppState, app_state
+from shared.dlq.rejects import rejected_count
 from shared.dlq.spool import spool_size
 from shared.infra.db import record_pool_gauges
 from shared.infra.errors import DependencyUnavailable
@@ -36,6 +37,7 @@ async def refresh_scrape_gauges(state: AppState) -> None:
         stats = await collect_queue_stats(state.db, state.redis)
         export_queue_gauges(stats, state.metrics)
         state.metrics.set(state.metrics.dlq_spool_size, await spool_size(state.redis))
+        state.metrics.set(state.metrics.dlq_spool_rejected, await rejected_count(state.redis))
         state.queue_gauges_refreshed_at = now
     except Exception as exc:
         log_event("WARNING", "scrape_gauges_stale", error_type=type(exc).__name__)

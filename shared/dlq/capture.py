@@ -4,7 +4,8 @@
 NOTHING``: a second capture of the same job is a no-op); if Postgres cannot be reached it pushes
 the record onto a Redis list (the spool, drained by ``shared.dlq.spool``); if Redis is down too,
 the whole record is logged at ERROR as one JSON line (``dlq_capture_lost_to_log``), so an
-operator can still replay it from the logs.
+operator can still replay it from the logs. A record Postgres *refuses* (``shared.dlq.rejects``)
+goes to the rejected list instead of the spool, where replaying it would only fail again.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any, Literal
 
 import orjson
 
+from shared.dlq.content import safe_preview
 from shared.dlq.group_commit import committer_for
+from shared.dlq.rejects import describe, is_refusal, reject
 from shared.infra.db import Conn, Database, fetchval
 from shared.infra.errors import DependencyUnavailable
 from shared.infra.jsonable import dataclass_to_dict
@@ -28,7 +31,7 @@ from shared.infra.redis import DLQ_SPOOL_KEY, RedisClient
 CAPTURE_DB_TIMEOUT_SECONDS = 5.0
 CAPTURE_REDIS_TIMEOUT_SECONDS = 3.0
 
-CaptureOutcome = Literal["stored", "duplicate", "spooled", "logged"]
+CaptureOutcome = Literal["stored", "duplicate", "spooled", "rejected", "logged"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,9 @@ class FailureRecord:
     correlation_id: str | None = None
     retry_of: uuid.UUID | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # shared.dlq.content: text and payload strings are in the escaped form; payload not stored, why
+    content_escaped: bool = False
+    payload_omitted: str | None = None
 
     def to_json(self) -> bytes:
         data = dataclass_to_dict(self)
@@ -71,10 +77,11 @@ class FailureRecord:
 INSERT_FAILURE = """
 INSERT INTO dead_letter_queue (
     queue_name, job_id, function, args, kwargs, error_type, error_message, stack_trace,
-    fingerprint, attempts, reason, enqueued_at, failed_at, correlation_id, retry_of
+    fingerprint, attempts, reason, enqueued_at, failed_at, correlation_id, retry_of,
+    content_escaped, payload_omitted
 )
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-        (SELECT id FROM dead_letter_queue WHERE id = $15))
+        (SELECT id FROM dead_letter_queue WHERE id = $15), $16, $17)
 ON CONFLICT (queue_name, job_id) DO NOTHING
 RETURNING id
 """
@@ -104,6 +111,8 @@ async def insert_failure(conn: Conn, record: FailureRecord) -> uuid.UUID | None:
         record.failed_at,
         record.correlation_id,
         record.retry_of,
+        record.content_escaped,
+        record.payload_omitted,
     )
     return entry_id
 
@@ -147,14 +156,25 @@ async def capture(
         )
         return outcome
     except Exception as db_error:
-        pg_error = (
-            db_error.message
-            if isinstance(db_error, DependencyUnavailable)
-            else f"{type(db_error).__name__}: {db_error}"
-        )
+        # refused (not unreachable): the spool would only replay the refusal; park it visibly
+        refused = is_refusal(db_error)
+        pg_error = db_error.message if isinstance(db_error, DependencyUnavailable) else describe(db_error)
     try:
         if redis is None:
             raise ConnectionError("no redis client")
+        if refused:
+            await asyncio.wait_for(
+                reject(redis, record.to_json(), pg_error), timeout=CAPTURE_REDIS_TIMEOUT_SECONDS
+            )
+            log_event(
+                "ERROR",
+                "dlq_capture_rejected",
+                queue=record.queue,
+                job_id=record.job_id,
+                function=record.function,
+                postgres_error=pg_error,
+            )
+            return "rejected"
         await asyncio.wait_for(
             redis.rpush(DLQ_SPOOL_KEY, record.to_json()), timeout=CAPTURE_REDIS_TIMEOUT_SECONDS
         )
@@ -174,7 +194,14 @@ async def capture(
             "dlq_capture_lost_to_log",
             "DLQ capture failed in Postgres and Redis; the full record is in this line",
             postgres_error=pg_error,
-            redis_error=f"{type(redis_error).__name__}: {redis_error}",
-            record=orjson.loads(record.to_json()),
+            redis_error=describe(redis_error),
+            record=_loggable(record),
         )
         return "logged"
+
+
+def _loggable(record: FailureRecord) -> Any:
+    try:
+        return orjson.loads(record.to_json())
+    except Exception:  # a record not built by worker.failure_records (unescaped text)
+        return safe_preview(record)

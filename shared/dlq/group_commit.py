@@ -33,16 +33,18 @@ BATCH_TIMEOUT_SECONDS = 10.0
 INSERT_FAILURES = """
 INSERT INTO dead_letter_queue (
     queue_name, job_id, function, args, kwargs, error_type, error_message, stack_trace,
-    fingerprint, attempts, reason, enqueued_at, failed_at, correlation_id, retry_of
+    fingerprint, attempts, reason, enqueued_at, failed_at, correlation_id, retry_of,
+    content_escaped, payload_omitted
 )
 SELECT r.queue_name, r.job_id, r.function, r.args::jsonb, r.kwargs::jsonb, r.error_type,
        r.error_message, r.stack_trace, r.fingerprint, r.attempts, r.reason, r.enqueued_at,
-       r.failed_at, r.correlation_id, previous.id
+       r.failed_at, r.correlation_id, previous.id, r.content_escaped, r.payload_omitted
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
             $8::text[], $9::text[], $10::int[], $11::text[], $12::timestamptz[],
-            $13::timestamptz[], $14::text[], $15::uuid[])
+            $13::timestamptz[], $14::text[], $15::uuid[], $16::boolean[], $17::text[])
      AS r(queue_name, job_id, function, args, kwargs, error_type, error_message, stack_trace,
-          fingerprint, attempts, reason, enqueued_at, failed_at, correlation_id, retry_of)
+          fingerprint, attempts, reason, enqueued_at, failed_at, correlation_id, retry_of,
+          content_escaped, payload_omitted)
 LEFT JOIN dead_letter_queue AS previous ON previous.id = r.retry_of
 ON CONFLICT (queue_name, job_id) DO NOTHING
 RETURNING queue_name, job_id, id
@@ -68,6 +70,8 @@ def _columns(records: Sequence[FailureRecord]) -> list[list[Any]]:
         [r.failed_at for r in records],
         [r.correlation_id for r in records],
         [r.retry_of for r in records],
+        [r.content_escaped for r in records],
+        [r.payload_omitted for r in records],
     ]
 
 

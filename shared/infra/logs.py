@@ -30,10 +30,40 @@ if TYPE_CHECKING:
 SECRET_KEYS = frozenset(
     {"password", "token", "totp_code", "secret", "authorization", "mfa_secret", "otpauth_uri", "cookie"}
 )
+# A key containing any of these (any case) is a secret too: ``new_password``, ``access_token``,
+# ``totp_secret``, ``set-cookie``, ``x-api-key``. Nested dicts are redacted the same way.
+_SECRET_KEY_PARTS = ("password", "passwd", "token", "secret", "authorization", "cookie", "otp", "api_key")
+_REDACT_DEPTH = 4
+MAX_MESSAGE_CHARS = 16 * 1024
+MAX_STACK_CHARS = 64 * 1024
 
 
-def _redact(fields: dict[str, Any]) -> dict[str, Any]:
-    return {k: ("[redacted]" if k.lower() in SECRET_KEYS else v) for k, v in fields.items()}
+def is_secret_key(key: str) -> bool:
+    lowered = key.lower().replace("-", "_")
+    return lowered in SECRET_KEYS or any(part in lowered for part in _SECRET_KEY_PARTS)
+
+
+def _redact(fields: dict[str, Any], depth: int = 0) -> dict[str, Any]:
+    redacted: dict[str, Any] = {}
+    for key, value in fields.items():
+        if isinstance(key, str) and is_secret_key(key):
+            redacted[key] = "[redacted]"
+        elif isinstance(value, dict) and depth < _REDACT_DEPTH:
+            redacted[key] = _redact(value, depth + 1)
+        else:
+            redacted[key] = value
+    return redacted
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}…[truncated {len(text) - limit} characters]"
+
+
+def _safe_str(value: object) -> str:
+    try:
+        return str(value)
+    except Exception as exc:
+        return f"<unprintable {type(value).__name__}: str() raised {type(exc).__name__}>"
 
 
 def record_to_dict(record: Record) -> dict[str, Any]:
@@ -43,7 +73,7 @@ def record_to_dict(record: Record) -> dict[str, Any]:
         "time": iso_utc(record["time"], "milliseconds"),
         "level": record["level"].name,
         "event": event,
-        "message": record["message"],
+        "message": _bounded(record["message"], MAX_MESSAGE_CHARS),
         "module": record["name"],
         "function": record["function"],
     }
@@ -55,8 +85,9 @@ def record_to_dict(record: Record) -> dict[str, Any]:
     exc = record["exception"]
     if exc is not None and exc.type is not None:
         payload["error_type"] = exc.type.__name__
-        payload["error_message"] = str(exc.value)
-        payload["stack"] = "".join(traceback.format_exception(exc.type, exc.value, exc.traceback))
+        payload["error_message"] = _bounded(_safe_str(exc.value), MAX_MESSAGE_CHARS)
+        stack = "".join(traceback.format_exception(exc.type, exc.value, exc.traceback, limit=50))
+        payload["stack"] = _bounded(stack, MAX_STACK_CHARS)
     return payload
 
 
@@ -83,13 +114,17 @@ class InterceptHandler(logging.Handler):
         except ValueError:
             level = record.levelno
         event = _STDLIB_EVENTS.get(record.name, record.name.replace(".", "_"))
+        try:
+            message = record.getMessage()
+        except Exception as exc:  # an argument whose str() raises must not break the caller
+            message = f"{_safe_str(record.msg)} [arguments not rendered: {type(exc).__name__}]"
         exc_info = record.exc_info
         if exc_info and record.name.startswith("arq"):
             # arq logs every failed job with its traceback; the failure decorator and the DLQ row
             # already carry it, and rendering it again cost ~40 % of a failure storm's CPU.
             exc_info = None
         logger.opt(exception=exc_info, depth=6).bind(event=event, logger=record.name).log(
-            level, record.getMessage()
+            level, _bounded(message, MAX_MESSAGE_CHARS)
         )
 
 

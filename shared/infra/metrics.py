@@ -119,6 +119,11 @@ class Metrics:
         self.dlq_spool_size = Gauge(
             "fmhl_dlq_spool_size", "DLQ records waiting in the Redis spool for Postgres.", registry=r
         )
+        self.dlq_spool_rejected = Gauge(
+            "fmhl_dlq_spool_rejected",
+            "DLQ records Postgres refused, parked in Redis for an operator (shared.dlq.rejects).",
+            registry=r,
+        )
         # Database
         self.db_query_duration_seconds = Histogram(
             "fmhl_db_query_duration_seconds",

@@ -10,6 +10,7 @@ Keys (all under ``fmhl:``; arq's own keys keep arq's names):
 | --- | --- | --- |
 | ``fmhl:dlq:spool`` | list of DLQ records (JSON) | capture, when Postgres is unreachable |
 | ``fmhl:dlq:spool:inflight`` | list | the spool drainer (atomic move, insert, remove) |
+| ``fmhl:dlq:spool:rejected`` | list of JSON | records Postgres refused (``shared.dlq.rejects``) |
 | ``fmhl:heartbeat:{queue}:{worker_id}`` | string (JSON), TTL | each worker |
 | ``fmhl:job:cancelled:{job_id}`` | string, TTL 1 day | the failure decorator, when a try is cancelled |
 """
@@ -24,8 +25,10 @@ from redis.asyncio import ConnectionPool
 
 DLQ_SPOOL_KEY: Final = "fmhl:dlq:spool"
 DLQ_SPOOL_INFLIGHT_KEY: Final = "fmhl:dlq:spool:inflight"
+DLQ_SPOOL_REJECTED_KEY: Final = "fmhl:dlq:spool:rejected"
 HEARTBEAT_KEY_PREFIX: Final = "fmhl:heartbeat:"
 CANCELLED_JOB_KEY_PREFIX: Final = "fmhl:job:cancelled:"
+RESULT_MESSAGE_LIMIT: Final = 8192
 
 
 def heartbeat_key(queue: str, worker_id: str) -> str:
@@ -39,7 +42,14 @@ def cancelled_job_key(job_id: str) -> str:
 def _json_default(value: Any) -> Any:
     """Only for arq's *result* records: a failed job's result is its exception."""
     if isinstance(value, BaseException):
-        return {"error_type": type(value).__name__, "error_message": str(value)}
+        # bounded and never raising: the DLQ row has the whole story; a message that cannot be
+        # rendered or encoded must not cost arq its result record
+        try:
+            message = str(value)[:RESULT_MESSAGE_LIMIT]
+        except Exception:
+            message = f"<unprintable {type(value).__name__}>"
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+        return {"error_type": type(value).__name__[:256], "error_message": message}
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 

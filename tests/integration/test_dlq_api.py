@@ -49,8 +49,9 @@ LIST_FIELDS = {
     "resolution",
     "retry_job_id",
     "retry_of",
+    "content_escaped",
 }
-DETAIL_FIELDS = LIST_FIELDS | {"args", "kwargs", "stack_trace", "resolution_note"}
+DETAIL_FIELDS = LIST_FIELDS | {"args", "kwargs", "stack_trace", "resolution_note", "payload_omitted"}
 
 
 @dataclasses.dataclass
@@ -172,6 +173,7 @@ async def test_list_and_detail_shapes_match_the_contract(api: Api) -> None:
         "resolution": None,
         "retry_job_id": None,
         "retry_of": str(original),
+        "content_escaped": False,
     }
     assert item["job_id"].startswith("job-")
 
