@@ -456,8 +456,20 @@ def dlq_storm(stack: Stack) -> list[str]:
 
 
 def _routed_one(stack: Stack, labels: dict[str, str]) -> Any:
+    """Where the route tree sends ``labels``; amtool must agree on the receiver(s)."""
     routed = routes_for(stack.am_config, labels)
     assert routed, labels
+    pairs = [f"{k}={v}" for k, v in labels.items()]
+    amtool = subprocess.run(
+        ["amtool", "config", "routes", "test", f"--config.file={stack.base / 'alertmanager.yml'}", *pairs],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert amtool.stdout.split(",") and [r.strip() for r in amtool.stdout.split(",")] == [
+        r.receiver for r in routed
+    ], amtool.stdout + amtool.stderr
     return routed[0]
 
 
@@ -590,6 +602,7 @@ def test_resolving_the_entries_resolves_dlq_size_high(
 ) -> None:
     _wait_notification(stack, "DLQSizeHigh", "firing", timeout=60, queue=EMAIL_SEND)
     resolved = 0
+    started = time.monotonic()  # before: the alert may resolve while the last ones are resolved
     while True:
         page = admin.get("/api/v1/admin/queues/dlq", params={"resolved": "false", "limit": "100"})
         assert page.status_code == 200, page.text
@@ -602,7 +615,6 @@ def test_resolving_the_entries_resolves_dlq_size_high(
             )
             assert answer.status_code == 200, answer.text
             resolved += 1
-    started = time.monotonic()
     note = _wait_notification(stack, "DLQSizeHigh", "resolved", timeout=60, since=started, queue=EMAIL_SEND)
     print(
         f"resolved {resolved} entries; "
@@ -670,3 +682,8 @@ def test_every_metric_in_the_rules_and_the_dashboard_exists(
         wait_until(lambda: not missing(), timeout=30, what="every metric name")
     assert missing() == set()
     print(f"{len(wanted)} metric names from the rules and the dashboard all exist as series")
+    rules = [r for g in stack.prom("/api/v1/rules")["groups"] for r in g["rules"]]
+    broken = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok" or r.get("lastError")]
+    assert broken == [], "after the scenarios too, every rule evaluates without error"
+    firing = sorted({a["labels"]["alertname"] for a in stack.prom("/api/v1/alerts")["alerts"]})
+    print(f"alerts active at the end: {firing}")
