@@ -50,7 +50,7 @@ def _dev_mfa_key(run_dir: Path) -> str:
     return path.read_text().strip()
 
 
-async def _serve_dev(settings: Settings, host: str, port: int) -> None:
+async def _serve_dev(settings: Settings, host: str, port: int, *, demo: bool = False) -> None:
     from service.app import create_app
     from service.server import run_until_signalled
     from shared.infra.http_server import build_uvicorn
@@ -73,6 +73,12 @@ async def _serve_dev(settings: Settings, host: str, port: int) -> None:
         worker.main_task = asyncio.ensure_future(worker.main())
     print(f"workers running in-process: {', '.join(ALL_QUEUES)}")
     print(f"serving on http://{host}:{port}  (try: curl http://{host}:{port}/health/ready)")
+    print(f"web console: http://{host}:{port}/console   API docs: http://{host}:{port}/docs", flush=True)
+    if demo:
+        from cli.demo import describe, seed_demo
+
+        await asyncio.wait_for(state.db.connected.wait(), timeout=30)
+        print(describe(await seed_demo(state.db.pool, state.redis)), flush=True)
 
     async def stop_workers() -> None:
         await asyncio.gather(*(stop_gracefully(w) for w in workers), return_exceptions=True)
@@ -86,7 +92,7 @@ async def _serve_dev(settings: Settings, host: str, port: int) -> None:
         await stop_workers()  # once the server has stopped: running jobs finish, then workers close
 
 
-def run_dev(settings: Settings, *, host: str, port: int) -> int:
+def run_dev(settings: Settings, *, host: str, port: int, demo: bool = False) -> int:
     run_dir = RUN_DIR.resolve()
     started: list[EmbeddedPostgres | EmbeddedRedis] = []
     try:
@@ -106,7 +112,7 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
             print(f"MFA_ENCRYPTION_KEY not set: using the dev key in {run_dir / 'mfa.key'}")
         applied = asyncio.run(migrate(settings.require_database_url()))
         print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}", flush=True)
-        asyncio.run(_serve_dev(settings, host, port))
+        asyncio.run(_serve_dev(settings, host, port, demo=demo))
         return 0
     finally:
         for server in reversed(started):

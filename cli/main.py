@@ -45,7 +45,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     from cli.dev import run_dev
 
-    return run_dev(settings, host=args.host, port=args.port)
+    return run_dev(settings, host=args.host, port=args.port, demo=args.demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dev", help="embedded Postgres/Redis if unset, migrate, serve on :8000 with workers")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--demo", action="store_true", help="also seed demo data and jobs (see `fmhl-ops demo`)")
     p.set_defaults(handler=cmd_dev)
 
     for register in _extra_commands():
@@ -77,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
     """Subcommands owned by other modules (worker, admin, cron) register themselves here."""
     from cli.admin import register as register_admin
+    from cli.demo import register as register_demo
     from cli.worker_commands import register as register_worker
 
-    return [register_worker, register_admin]
+    return [register_worker, register_admin, register_demo]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
