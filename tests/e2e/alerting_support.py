@@ -210,6 +210,16 @@ def render_rules(source: Path, target: Path, *, for_: str) -> dict[str, str]:
 INTERVAL_KEYS = ("group_wait", "group_interval", "repeat_interval")
 
 
+def _send_resolved(receiver: Mapping[str, Any]) -> bool:
+    """The receiver's own send_resolved (first integration that states it), else true."""
+    for key, configs in receiver.items():
+        if key.endswith("_configs"):
+            for config in configs or []:
+                if "send_resolved" in config:
+                    return bool(config["send_resolved"])
+    return True
+
+
 def render_alertmanager(
     source: Path, target: Path, *, webhook: Webhook, intervals: Mapping[str, str]
 ) -> dict[str, Any]:
@@ -217,7 +227,10 @@ def render_alertmanager(
     intervals wherever the shipped tree sets one (and at the root). Returns the rendered config."""
     doc: dict[str, Any] = yaml.safe_load(source.read_text())
     doc["receivers"] = [
-        {"name": r["name"], "webhook_configs": [{"url": webhook.url(r["name"]), "send_resolved": True}]}
+        {
+            "name": r["name"],
+            "webhook_configs": [{"url": webhook.url(r["name"]), "send_resolved": _send_resolved(r)}],
+        }
         for r in doc["receivers"]
     ]
     doc.pop("templates", None)  # notification templates only shape Slack/PagerDuty text
