@@ -16,21 +16,23 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
-# Runtime dependencies first, cached until pyproject.toml changes: install the project with empty
-# packages to resolve its [project.dependencies] (no dev or embedded extras), then drop it.
-# Every dependency ships manylinux wheels for CPython 3.11, so no compiler is needed.
-COPY pyproject.toml README.md ./
-RUN mkdir -p shared service worker \
-    && touch shared/__init__.py service/__init__.py worker/__init__.py \
-    && pip install . \
-    && pip uninstall -y fmhl-ops \
-    && rm -rf shared service worker build ./*.egg-info
+# Runtime dependencies first, cached until a lock file changes. Every file pip downloads is checked
+# against the sha256 in the lock (--require-hashes), the build tools included: setuptools and
+# wheel come from requirements-build.lock and builds run without isolation, so no unpinned build
+# backend is fetched (for our package and quantile-python, aioprometheus' one sdist-only
+# dependency). Regenerate both locks with pip-tools (README, "Container image ...").
+COPY requirements.lock requirements-build.lock ./
+RUN pip install --require-hashes --only-binary :all: -r requirements-build.lock \
+    && pip install --require-hashes --no-build-isolation -r requirements.lock
 
+# The package itself: its dependencies are all in place, so --no-deps; then the build tools go.
+COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY service ./service
 COPY worker ./worker
 COPY cli ./cli
-RUN pip install --no-deps . \
+RUN pip install --no-deps --no-build-isolation . \
+    && pip uninstall -y setuptools wheel \
     && python -m compileall -q /opt/venv/lib
 
 # ---- runtime: the virtualenv and the migrations, nothing else ---------------------------------

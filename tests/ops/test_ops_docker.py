@@ -1,8 +1,9 @@
-"""Dockerfile and .dockerignore, checked statically (no Docker engine runs here).
+"""Dockerfile, .dockerignore and the lock files, checked statically (no Docker engine runs here).
 
 What a build would prove, checked from the text: multi-stage, a pinned slim Python 3.11 base,
-dependencies in a virtualenv in the build stage only, no compilers or dev extras in the final
-image, a numeric non-root user, `fmhl-ops` as the entrypoint, migrations at /app/sql.
+dependencies in a virtualenv in the build stage only, installed from hash-checked lock files
+(build tools included), no compilers or dev extras in the final image, a numeric non-root user,
+`fmhl-ops` as the entrypoint, migrations at /app/sql.
 """
 
 from __future__ import annotations
@@ -10,13 +11,21 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import shlex
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
+RUNTIME_LOCK = REPO / "requirements.lock"
+BUILD_LOCK = REPO / "requirements-build.lock"
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 UID = "10001"
 PINNED_BASE = re.compile(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?")
 BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|clang|make|build-essential|[a-z0-9.+-]+-dev)\b")
@@ -75,15 +84,127 @@ def test_multi_stage_with_a_pinned_slim_python_311_base() -> None:
     assert re.fullmatch(r"\S+ AS build", all_stages[0][0].args)
 
 
+def pip_installs(stage: list[Instruction]) -> list[list[str]]:
+    """The arguments after ``pip install`` of every command in the stage's RUN instructions."""
+    found = []
+    for run in args_of(stage, "RUN"):
+        for command in re.split(r"&&|;", run):
+            words = shlex.split(command)
+            if words[:2] == ["pip", "install"]:
+                found.append(words[2:])
+    return found
+
+
 def test_dependencies_go_into_a_venv_in_the_build_stage() -> None:
     build = stages()[0]
     runs = " ".join(args_of(build, "RUN"))
     assert "python -m venv /opt/venv" in runs
     assert any(arg.startswith("PATH=/opt/venv/bin:") for arg in args_of(build, "ENV"))
-    assert "pip install ." in runs
+    installs = pip_installs(build)
+    assert ["--no-deps", "--no-build-isolation", "."] in installs, "the package itself, nothing else"
     final = final_stage()
     assert "--from=build /opt/venv /opt/venv" in args_of(final, "COPY")
     assert not [r for r in args_of(final, "RUN") if "pip " in r], "no installs in the final stage"
+
+
+def test_every_install_is_hash_checked_or_the_package_itself() -> None:
+    """Nothing reaches the image unpinned: each pip install reads a lock with --require-hashes,
+    or installs our own source with --no-deps. Builds run without isolation, so pip never fetches
+    a build backend by itself; the build tools come from the build lock as wheels only."""
+    build = stages()[0]
+    installs = pip_installs(build)
+    locks = []
+    for args in installs:
+        if args[-1] == ".":
+            assert "--no-deps" in args and "--no-build-isolation" in args, args
+            continue
+        assert "--require-hashes" in args, f"pip install {' '.join(args)}: no --require-hashes"
+        requirement_files = [args[i + 1] for i, arg in enumerate(args) if arg == "-r"]
+        assert len(requirement_files) == 1 and len(args) == len(set(args)), args
+        positional = [a for a in args if not a.startswith("-") and a not in requirement_files]
+        assert positional in ([], [":all:"]), f"pip install {' '.join(args)}: installs more than the lock"
+        locks.append(requirement_files[0])
+        if requirement_files[0] == BUILD_LOCK.name:
+            assert "--only-binary" in args and ":all:" in args, "build tools from wheels only"
+        else:
+            assert "--no-build-isolation" in args, args
+    assert locks == [BUILD_LOCK.name, RUNTIME_LOCK.name], "build tools first, then the runtime lock"
+    copies = [c.split()[:-1] for c in args_of(build, "COPY")]
+    assert [RUNTIME_LOCK.name, BUILD_LOCK.name] in copies, (
+        "copy the locks alone: a code change keeps the cache"
+    )
+    runs = " ".join(args_of(build, "RUN"))
+    assert "pip uninstall -y setuptools wheel" in runs, "build tools do not ship"
+
+
+@dataclass(frozen=True)
+class Pin:
+    name: str
+    version: str
+    hashes: tuple[str, ...]
+
+
+def read_lock(path: Path) -> dict[str, Pin]:
+    """name -> Pin, from a pip-compile --generate-hashes file (continuation lines joined)."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    pins: dict[str, Pin] = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        spec, *options = line.split(" --")
+        requirement = Requirement(spec.strip())
+        versions = [str(s.version) for s in requirement.specifier if s.operator == "=="]
+        assert len(versions) == 1 and len(requirement.specifier) == 1, f"{path.name}: {line} is not pinned"
+        hashes = tuple(o.strip().removeprefix("hash=sha256:") for o in options if o.startswith("hash="))
+        assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), f"{path.name}: {spec}"
+        assert len(hashes) == len(options), f"{path.name}: {spec}: only --hash options"
+        assert not requirement.extras and not requirement.url, f"{path.name}: {spec}"
+        name = canonicalize_name(requirement.name)
+        assert name not in pins, f"{path.name}: {name} twice"
+        pins[name] = Pin(name, versions[0], hashes)
+    return pins
+
+
+@pytest.mark.parametrize("lock", [RUNTIME_LOCK, BUILD_LOCK], ids=lambda p: p.name)
+def test_lock_files_are_pip_compile_output_for_the_image_python(lock: Path) -> None:
+    text = lock.read_text()
+    assert "pip-compile" in text and "--generate-hashes" in text, f"{lock.name}: regenerate with pip-compile"
+    assert read_lock(lock), lock.name
+    made_for = re.search(r"autogenerated by pip-compile with Python (3\.\d+)", text)
+    base = re.search(r"python:(3\.\d+)\.", stages()[0][0].args)
+    assert made_for and base and made_for.group(1) == base.group(1), (
+        "the lock is resolved for the image's Python"
+    )
+    assert "--index-url" not in text.replace("--index-url=https://pypi.org/simple", ""), "only PyPI"
+    assert "file://" not in text and "--find-links" not in text, "no machine-local indexes"
+
+
+def test_runtime_lock_covers_the_project_dependencies_and_nothing_for_development() -> None:
+    pins = read_lock(RUNTIME_LOCK)
+    for dependency in PYPROJECT["project"]["dependencies"]:
+        requirement = Requirement(dependency)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is a dependency but not in {RUNTIME_LOCK.name}: re-run pip-compile"
+        assert requirement.specifier.contains(pins[name].version), (
+            f"{name}=={pins[name].version} does not satisfy {requirement.specifier}: re-run pip-compile"
+        )
+    optional = {
+        canonicalize_name(Requirement(dep).name)
+        for deps in PYPROJECT["project"]["optional-dependencies"].values()
+        for dep in deps
+    }
+    assert not optional & set(pins), f"dev/embedded-only packages in the image lock: {optional & set(pins)}"
+    # The Dockerfile removes the build tools after the install: nothing at runtime may need them.
+    assert not {"setuptools", "wheel", "pip"} & set(pins)
+
+
+def test_build_lock_pins_the_build_backend() -> None:
+    pins = read_lock(BUILD_LOCK)
+    for dependency in PYPROJECT["build-system"]["requires"]:
+        requirement = Requirement(dependency)
+        name = canonicalize_name(requirement.name)
+        assert name in pins and requirement.specifier.contains(pins[name].version), dependency
 
 
 def test_no_dev_extras_editable_installs_or_compilers_in_the_image() -> None:
