@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+import redis.exceptions
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from shared.infra import errors
+from shared.infra.logs import log_event
 
 STATUS_BY_ERROR: dict[type[errors.DomainError], int] = {
     errors.Invalid: 400,
@@ -60,9 +63,37 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, message, dict(exc.headers or {}))
 
 
+# A database or Redis that is down, restarting or hung is an outage, not a bug: 503 with
+# Retry-After, never 500 (tests/reliability/test_faults.py found 500s from routes that reach
+# Postgres directly: ConnectionRefusedError from the pool, TimeoutError from a hung server).
+UNREACHABLE_DEPENDENCY_ERRORS: tuple[type[Exception], ...] = (
+    OSError,  # ConnectionRefusedError, ConnectionResetError, ...
+    TimeoutError,  # asyncpg's command timeout, redis-py's socket timeout
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # 57P0x: shutting down, starting up
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.InterfaceError,  # only a closed connection; see handle_unreachable_dependency
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+async def handle_unreachable_dependency(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, asyncpg.InterfaceError) and "closed" not in str(exc):
+        raise exc  # a misuse of the driver is a bug: the middleware's 500
+    dependency = "redis" if isinstance(exc, redis.exceptions.RedisError) else "postgres"
+    if isinstance(exc, OSError | TimeoutError):
+        dependency = "a backend"
+    log_event("WARNING", "dependency_unavailable", dependency=dependency, error_type=type(exc).__name__)
+    return error_response(
+        503, "dependency_unavailable", f"{dependency} is unavailable; try again", {"Retry-After": "5"}
+    )
+
+
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     errors.DomainError: handle_domain_error,
     HTTPException: handle_http_exception,
+    **dict.fromkeys(UNREACHABLE_DEPENDENCY_ERRORS, handle_unreachable_dependency),
 }
 # Unexpected exceptions are caught by service.middleware.RequestContextMiddleware, inside the
 # request context, so their log line carries the request id.

@@ -87,7 +87,7 @@ class OwnServers:
         if self.redis is not None:
             self.redis.stop()
         if self.pg is not None:
-            self.pg.stop()
+            self.pg.destroy()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -1,0 +1,334 @@
+"""Faults under load: Redis stopped for 10 s, Postgres stopped for 10 s, and each of them hung
+(SIGSTOP: the kernel still accepts connections, nobody answers), against a real ``fmhl-ops
+serve`` and a real worker, with probes, admin calls and enqueues running all along.
+
+Readiness answers 503 during an outage and 200 within 5 s after; admin routes answer 200 or 503,
+never 500; no probe hangs; the worker reconnects by itself (same process) and no job is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+from cryptography.fernet import Fernet
+
+from cli.embedded import free_port
+from shared.infra.db import init_connection
+from shared.infra.redis import create_redis
+from shared.jobs.enqueue import enqueue
+from shared.jobs.queues import EMAIL_SEND
+from tests.factories import create_admin, create_admin_session
+from tests.helpers import signal_tree
+from tests.procs import Proc, wait_http
+from tests.reliability.support import OwnServers, own_servers, summary, wait_until, worker_env
+
+pytestmark = pytest.mark.e2e
+
+OUTAGE_SECONDS = 10.0
+HANG_SECONDS = 6.0
+RECOVERY_LIMIT_SECONDS = 5.0
+HEALTH_TIMEOUT_SECONDS = 1.0
+ADMIN = ("admin_queues", "admin_dlq")
+# Tries and backoff that outlast a 10 s outage; short timeouts so a hung dependency costs a try.
+POLICIES = {
+    "send_email": {
+        "max_tries": 10,
+        "timeout_seconds": 3,
+        "backoff_base_seconds": 0.5,
+        "backoff_max_seconds": 3,
+    }
+}
+
+
+@dataclass
+class Sample:
+    started: float
+    route: str
+    status: int | str  # HTTP status, or the exception type of a call that got no answer
+    seconds: float
+
+
+@dataclass
+class Stack:
+    servers: OwnServers
+    service: Proc
+    worker: Proc
+    base_url: str
+    worker_url: str
+    headers: dict[str, str]
+    samples: list[Sample] = field(default_factory=list)
+    enqueued: list[str] = field(default_factory=list)
+    enqueue_retries: int = 0
+
+
+@pytest.fixture(scope="module")
+async def servers() -> AsyncIterator[OwnServers]:
+    async with own_servers() as owned:
+        yield owned
+
+
+@pytest.fixture
+async def stack(servers: OwnServers) -> AsyncIterator[Stack]:
+    key = Fernet.generate_key().decode()
+    conn = await asyncpg.connect(servers.database_url)
+    await init_connection(conn)
+    try:
+        admin = await create_admin(conn, mfa_encryption_key=key)
+        token = await create_admin_session(conn, admin.user_id)
+    finally:
+        await conn.close()
+    port, worker_port = free_port(), free_port()
+    env = worker_env(
+        servers,
+        MFA_ENCRYPTION_KEY=key,
+        HEALTH_CHECK_TIMEOUT_SECONDS=str(HEALTH_TIMEOUT_SECONDS),
+        DB_COMMAND_TIMEOUT_SECONDS="3",
+        JOB_POLICIES=orjson.dumps(POLICIES).decode(),
+    )
+    service = Proc(["serve", "--host", "127.0.0.1", "--port", str(port), "--drain-seconds", "0"], env).start()
+    worker = Proc(["worker", EMAIL_SEND], {**env, "WORKER_METRICS_PORT": str(worker_port)}).start()
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/ready", timeout=30, proc=service)
+        wait_http(f"http://127.0.0.1:{worker_port}/health/live", timeout=30, proc=worker)
+        yield Stack(
+            servers,
+            service,
+            worker,
+            f"http://127.0.0.1:{port}",
+            f"http://127.0.0.1:{worker_port}",
+            {"Authorization": f"Bearer {token}"},
+        )
+    finally:
+        worker.stop()
+        service.stop()
+
+
+async def _poll(
+    client: httpx.AsyncClient, stack: Stack, route: str, url: str, every: float, stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            response = await client.get(url, headers=stack.headers, timeout=10)
+            status: int | str = response.status_code
+        except httpx.HTTPError as exc:
+            status = type(exc).__name__
+        stack.samples.append(Sample(started, route, status, time.monotonic() - started))
+        await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
+
+
+async def _enqueue_loop(stack: Stack, tag: str, stop: asyncio.Event) -> None:
+    """One send_email job every 50 ms; a call that fails is retried with the same job id."""
+    redis = create_redis(stack.servers.redis_url, timeout_seconds=1)
+    n = 0
+    try:
+        while not stop.is_set():
+            job_id = f"{tag}-{n}"
+            try:
+                await enqueue(
+                    redis,
+                    "send_email",
+                    job_id=job_id,
+                    to="ops@example.test",
+                    template="low_balance",
+                    context={"provider_name": "Acme", "balance": "3.00", "lead_price": "10.00"},
+                    idempotency_key=job_id,
+                )
+                stack.enqueued.append(job_id)
+                n += 1
+            except Exception:
+                stack.enqueue_retries += 1
+            await asyncio.sleep(0.05)
+    finally:
+        await redis.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _load(stack: Stack, tag: str) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    async with httpx.AsyncClient() as client:
+        tasks = [
+            asyncio.ensure_future(_poll(client, stack, "ready", f"{stack.base_url}/health/ready", 0.1, stop)),
+            asyncio.ensure_future(_poll(client, stack, "live", f"{stack.base_url}/health/live", 0.2, stop)),
+            asyncio.ensure_future(
+                _poll(client, stack, "worker_live", f"{stack.worker_url}/health/live", 0.2, stop)
+            ),
+            asyncio.ensure_future(
+                _poll(client, stack, "admin_queues", f"{stack.base_url}/api/v1/admin/queues", 0.25, stop)
+            ),
+            asyncio.ensure_future(
+                _poll(client, stack, "admin_dlq", f"{stack.base_url}/api/v1/admin/queues/dlq", 0.25, stop)
+            ),
+            asyncio.ensure_future(_enqueue_loop(stack, tag, stop)),
+        ]
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+
+
+def _window(stack: Stack, route: str, start: float, end: float) -> list[Sample]:
+    return [s for s in stack.samples if s.route == route and start <= s.started < end]
+
+
+async def _first_ready_after(stack: Stack, since: float, limit: float) -> float:
+    async def ready() -> bool:
+        return any(s.status == 200 for s in _window(stack, "ready", since, float("inf")))
+
+    await wait_until(ready, limit + 5, "readiness 200 after the outage", 0.05)
+    first = min(
+        s.started + s.seconds for s in _window(stack, "ready", since, float("inf")) if s.status == 200
+    )
+    return first - since
+
+
+async def _all_jobs_done(stack: Stack) -> tuple[int, int]:
+    """(sent, captured) once every enqueued job is sent or in the DLQ; fails on a missing one."""
+    conn = await asyncpg.connect(stack.servers.database_url)
+    try:
+
+        async def settled() -> bool:
+            done = await conn.fetchval(
+                """SELECT count(*) FROM unnest($1::text[]) AS k(key)
+                   WHERE EXISTS (SELECT 1 FROM email_outbox o
+                                 WHERE o.idempotency_key = k.key AND o.status = 'sent')
+                      OR EXISTS (SELECT 1 FROM dead_letter_queue d WHERE d.job_id = k.key)""",
+                stack.enqueued,
+            )
+            return int(done) == len(stack.enqueued)
+
+        with contextlib.suppress(AssertionError):
+            await wait_until(settled, 60, "every enqueued job to be sent or captured", 0.5)
+        sent = await conn.fetchval(
+            "SELECT count(*) FROM email_outbox WHERE idempotency_key = ANY($1::text[]) AND status = 'sent'",
+            stack.enqueued,
+        )
+        captured = await conn.fetchval(
+            "SELECT count(*) FROM dead_letter_queue WHERE job_id = ANY($1::text[])", stack.enqueued
+        )
+    finally:
+        await conn.close()
+    return int(sent), int(captured)
+
+
+async def _outage(
+    stack: Stack,
+    name: str,
+    stop: Callable[[], Awaitable[None]],
+    start: Callable[[], Awaitable[None]],
+    seconds: float,
+) -> None:
+    worker_pid = stack.worker.pid
+    async with _load(stack, name):
+        await asyncio.sleep(2.0)
+        t_stop = time.monotonic()
+        await stop()
+        t_down = time.monotonic()
+        await asyncio.sleep(seconds)
+        t_restart = time.monotonic()
+        await start()
+        t_up = time.monotonic()
+        recovery = await _first_ready_after(stack, t_up, RECOVERY_LIMIT_SECONDS)
+        await asyncio.sleep(2.0)
+    sent, captured = await _all_jobs_done(stack)
+    # Requests sent and answered while the dependency was down (not one straddling an edge).
+    during = lambda route: [  # noqa: E731
+        s for s in _window(stack, route, t_down + 0.1, t_restart) if s.started + s.seconds <= t_restart
+    ]
+    statuses = {
+        route: Counter(str(s.status) for s in stack.samples if s.route == route)
+        for route in ("ready", "live", "worker_live", "admin_queues", "admin_dlq")
+    }
+    fault_latency = [s.seconds for s in during("ready")]
+    print(
+        f"\n{name}: {t_down - t_stop:.1f}s to stop, down {t_restart - t_down:.1f}s, "
+        f"{t_up - t_restart:.1f}s to start; readiness 200 again {recovery:.2f}s after start\n"
+        f"{name}: ready during fault {summary(fault_latency)} "
+        f"statuses={dict(Counter(s.status for s in during('ready')))}\n"
+        f"{name}: admin calls during fault {summary([s.seconds for r in ADMIN for s in during(r)])}\n"
+        f"{name}: all statuses {statuses}\n"
+        f"{name}: enqueued={len(stack.enqueued)} (failed calls retried {stack.enqueue_retries}) sent={sent} "
+        f"captured={captured} missing={len(stack.enqueued) - sent - captured}"
+    )
+    assert stack.worker.process is not None and stack.worker.process.poll() is None, stack.worker.output()[
+        -3000:
+    ]
+    assert stack.worker.pid == worker_pid
+    assert during("ready") and all(s.status == 503 for s in during("ready")), during("ready")
+    assert recovery <= RECOVERY_LIMIT_SECONDS
+    for route in ("ready", "live", "worker_live", "admin_queues", "admin_dlq"):
+        assert set(statuses[route]) <= {"200", "503"}, (
+            route,
+            statuses[route],
+            stack.service.output()[-3000:],
+        )
+    assert set(statuses["live"]) == {"200"} and set(statuses["worker_live"]) == {"200"}
+    assert max(fault_latency) < HEALTH_TIMEOUT_SECONDS + 1.0
+    assert sent + captured == len(stack.enqueued) > 50
+
+
+def _during_fault(stack: Stack, route: str) -> Counter[str]:
+    return Counter(str(s.status) for s in stack.samples if s.route == route)
+
+
+@pytest.mark.timeout(150)
+async def test_redis_stopped_for_10s(stack: Stack) -> None:
+    servers = stack.servers
+    await _outage(stack, "redis_stopped", servers.stop_redis, servers.start_redis, OUTAGE_SECONDS)
+    assert _during_fault(stack, "admin_queues")["503"] > 0  # queue state unreadable → 503, not zeros
+
+
+@pytest.mark.timeout(150)
+async def test_postgres_stopped_for_10s(stack: Stack) -> None:
+    servers = stack.servers
+    await _outage(stack, "postgres_stopped", servers.stop_postgres, servers.start_postgres, OUTAGE_SECONDS)
+    assert _during_fault(stack, "admin_dlq")["503"] > 0  # sessions unreadable → 503, not 500
+
+
+def _signal_redis(stack: Stack, sig: int) -> Callable[[], Awaitable[None]]:
+    async def send() -> None:
+        assert stack.servers.redis is not None and stack.servers.redis.process is not None
+        signal_tree(stack.servers.redis.process.pid, sig)
+
+    return send
+
+
+def _signal_postgres(stack: Stack, sig: int) -> Callable[[], Awaitable[None]]:
+    async def send() -> None:
+        assert stack.servers.pg is not None and stack.servers.pg.process is not None
+        signal_tree(stack.servers.pg.process.pid, sig)  # postmaster and every backend
+
+    return send
+
+
+@pytest.mark.timeout(150)
+async def test_hung_redis_hangs_no_probe_and_no_worker(stack: Stack) -> None:
+    await _outage(
+        stack,
+        "redis_hung",
+        _signal_redis(stack, signal.SIGSTOP),
+        _signal_redis(stack, signal.SIGCONT),
+        HANG_SECONDS,
+    )
+
+
+@pytest.mark.timeout(150)
+async def test_hung_postgres_hangs_no_probe_and_no_worker(stack: Stack) -> None:
+    await _outage(
+        stack,
+        "postgres_hung",
+        _signal_postgres(stack, signal.SIGSTOP),
+        _signal_postgres(stack, signal.SIGCONT),
+        HANG_SECONDS,
+    )
