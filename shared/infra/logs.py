@@ -96,8 +96,23 @@ def _default_event(record: Record) -> str:
     return name.replace(".", "_")
 
 
+def _encodable(value: Any, depth: int = 0) -> Any:
+    """``value`` with lone surrogates (which orjson refuses) written as ``\\udXXX``."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict) and depth < 8:
+        return {_encodable(k, depth + 1): _encodable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple) and depth < 8:
+        return [_encodable(v, depth + 1) for v in value]
+    return value if depth < 8 else _safe_str(value)[:MAX_MESSAGE_CHARS]
+
+
 def _json_sink(message: Message) -> None:
-    line = orjson.dumps(record_to_dict(message.record), default=str, option=orjson.OPT_APPEND_NEWLINE)
+    payload = record_to_dict(message.record)
+    try:
+        line = orjson.dumps(payload, default=str, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # a lone surrogate somewhere (an exception message, a field): escape, keep the line
+        line = orjson.dumps(_encodable(payload), default=str, option=orjson.OPT_APPEND_NEWLINE)
     sys.stdout.buffer.write(line)
     sys.stdout.flush()
 
