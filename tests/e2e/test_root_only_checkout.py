@@ -222,27 +222,35 @@ def test_make_run_from_the_root_only_checkout(checkout: Checkout) -> None:
 def test_make_test_from_the_root_only_checkout(checkout: Checkout) -> None:
     """The test suite's own backends from the clone: embedded servers when no URL and no Docker."""
     started = time.monotonic()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests/integration/test_migrations.py",
-            "-k",
-            "fresh_database",
-        ],
+    inner_args = [
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests/integration/test_migrations.py",
+        "-k",
+        "fresh_database",
+    ]
+    inner = subprocess.Popen(
+        [sys.executable, "-m", "pytest", *inner_args],
         env=checkout.env(),
         cwd=checkout.clone,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=200,
-        check=False,
+        start_new_session=True,
     )
+    try:
+        output, _ = inner.communicate(timeout=200)
+    except BaseException:  # Ctrl-C or timeout: let the inner run stop its own servers first
+        os.killpg(inner.pid, signal.SIGINT)
+        try:
+            inner.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(inner.pid, signal.SIGKILL)
+            inner.wait()
+        raise
     took = time.monotonic() - started
     source = "testcontainers" if docker_engine_available() else "embedded"
-    print(f"pytest in the root-only clone ({source} backends): rc {done.returncode} in {took:.1f}s")
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "1 passed" in done.stdout
+    print(f"pytest in the root-only clone ({source} backends): rc {inner.returncode} in {took:.1f}s")
+    assert inner.returncode == 0, output[-4000:]
+    assert "1 passed" in output
