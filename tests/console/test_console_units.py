@@ -1,0 +1,78 @@
+"""No-I/O checks of the console's pieces: cron names agree with the scheduler, CSRF tokens,
+the sign-in redirect guard, the cookie's Secure rule, and the vendored assets' licences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.requests import Request
+
+from service.console.render import STATIC, _span
+from service.console.security import csrf_key, csrf_matches, csrf_token, is_plain_http_loopback
+from service.console.signin import _safe_next
+from shared.jobs.cron_runs import CRON_JOB_NAMES, manual_run_job_id
+from worker.cron import CRON_NAMES, tick_of
+
+
+def test_console_cron_names_are_the_schedulers() -> None:
+    assert CRON_JOB_NAMES == CRON_NAMES
+
+
+def test_a_manual_run_claims_its_own_tick() -> None:
+    job_id = manual_run_job_id("cleanup_dlq", at=1_700_000_000.123)
+    assert job_id == "manual:cleanup_dlq:1700000000123"
+    assert tick_of({"job_id": job_id}).timestamp() == 1_700_000_000.123
+
+
+def test_csrf_token_is_bound_to_the_session_and_the_key() -> None:
+    key = csrf_key("k1")
+    token = csrf_token("a" * 43, key)
+    assert csrf_matches(token, token)
+    assert not csrf_matches(token, csrf_token("b" * 43, key))
+    assert not csrf_matches(token, csrf_token("a" * 43, csrf_key("k2")))
+    assert not csrf_matches(token, None) and not csrf_matches(token, "")
+
+
+def test_next_only_stays_inside_the_console() -> None:
+    assert _safe_next("/console/dlq?queue=email_send") == "/console/dlq?queue=email_send"
+    for hostile in ("https://evil.test/console", "//evil.test", "/console//evil.test", "/\\evil", None, 3):
+        assert _safe_next(hostile) == "/console"
+
+
+def _request(url: str) -> Request:
+    scheme, rest = url.split("://")
+    host = rest.split("/")[0]
+    return Request(
+        {
+            "type": "http",
+            "scheme": scheme,
+            "server": (host, 80),
+            "path": "/console",
+            "headers": [(b"host", host.encode())],
+            "query_string": b"",
+        }
+    )
+
+
+def test_the_cookie_drops_secure_only_for_plain_http_on_loopback() -> None:
+    assert is_plain_http_loopback(_request("http://127.0.0.1:8000/console"))
+    assert is_plain_http_loopback(_request("http://localhost:8000/console"))
+    assert not is_plain_http_loopback(_request("https://127.0.0.1/console"))
+    assert not is_plain_http_loopback(_request("http://ops.example.test/console"))
+
+
+def test_spans_read_like_a_human_wrote_them() -> None:
+    assert [_span(s) for s in (0.25, 42, 185, 7_500, 400_000)] == [
+        "0.2 s",
+        "42 s",
+        "3 min 5 s",
+        "2 h 5 min",
+        "4 d 15 h",
+    ]
+
+
+def test_vendored_assets_carry_version_and_licence() -> None:
+    vendor = Path(STATIC) / "vendor"
+    for name in ("htmx-2.0.11", "swagger-ui-5.35.0"):
+        assert (vendor / name / "LICENSE").stat().st_size > 100
+        assert name.split("-")[-1] in (vendor / name / "VERSION").read_text()
