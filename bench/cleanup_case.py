@@ -117,8 +117,12 @@ async def cleanup_case(backends: Backends, scale: Scale) -> list[Result]:
             stop = asyncio.Event()
             during = asyncio.ensure_future(_capture_streams(db, redis, scale.fingerprints, stop))
             started = time.perf_counter()
+            deleted, batches, failure = 0, 0, ""
             try:
                 result = await cleanup_dlq(db.pool, retention_days=RETENTION_DAYS)
+                deleted, batches = result.deleted, result.batches
+            except Exception as exc:  # a product failure: reported as a failed row, figures kept
+                failure = f"; cleanup_dlq FAILED after {time.perf_counter() - started:.1f} s: {exc!r}"[:400]
             finally:
                 elapsed = time.perf_counter() - started
                 stop.set()
@@ -126,7 +130,7 @@ async def cleanup_case(backends: Backends, scale: Scale) -> list[Result]:
     finally:
         await db.close()
         await redis.aclose()
-    problem = "" if result.deleted == rows else f"; deleted {result.deleted:,} of {rows:,} rows: WRONG"
+    problem = failure or ("" if deleted == rows else f"; deleted {deleted:,} of {rows:,} rows: WRONG")
     return [
         Result(
             "cleanup while capturing",
@@ -135,7 +139,6 @@ async def cleanup_case(backends: Backends, scale: Scale) -> list[Result]:
             "ms",
             baseline=max(baseline),
             target="< 100",
-            passed=False if problem else None,
             note=(
                 f"{len(samples):,} captures, p50 {percentile(samples, 50):.1f} / p95 "
                 f"{percentile(samples, 95):.1f} ms; alone: p95 {percentile(baseline, 95):.1f} ms" + problem
@@ -144,8 +147,10 @@ async def cleanup_case(backends: Backends, scale: Scale) -> list[Result]:
         Result(
             "cleanup while capturing",
             f"cleanup_dlq of {rows:,} old resolved rows",
-            result.deleted / elapsed,
+            deleted / elapsed,
             "rows/s",
-            note=f"{result.deleted:,} rows in {elapsed:.1f} s, {result.batches} batches" + problem,
+            target="all deleted",
+            passed=not problem,
+            note=f"{deleted:,} rows in {elapsed:.1f} s, {batches} batches" + problem,
         ),
     ]

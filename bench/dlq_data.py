@@ -19,10 +19,12 @@ from typing import Any
 import asyncpg
 
 from bench.common import progress
+from shared.infra.redis import serialize_job
 from shared.jobs.queues import JOB_QUEUES
 
 SEED_CHUNK = 1_000_000
 SEARCH_WORD = "refused"
+JOB_TTL_MS = 86_400_000
 
 FUNCTIONS = {
     "distribute_lead": "distribute_lead",
@@ -97,17 +99,21 @@ async def analyze(conn: asyncpg.Connection) -> None:
 
 
 async def seed_queued_jobs(redis: Any, total: int, *, batch: int = 10_000) -> float:
-    """``total`` entries spread over the three job queues' zsets (``ZCARD``/``ZRANGE`` is all the
-    queue monitor reads), in one pipeline of ``ZADD`` batches; returns the seconds it took."""
+    """``total`` queued jobs spread over the three job queues, as arq stores them: a zset entry and
+    an ``arq:job:{id}`` key (orjson payload, TTL) each, so the keyspace is as large as production's
+    with that backlog. One pipeline of ``ZADD`` and ``PSETEX`` batches; returns the seconds it took."""
     started = time.perf_counter()
     now_ms = int(time.time() * 1000)
-    pipe = redis.pipeline(transaction=False)
-    for offset in range(0, total, batch):
-        queue = JOB_QUEUES[(offset // batch) % len(JOB_QUEUES)]
-        members = {
-            f"bench-queued-{i}": now_ms - 60_000 + i % 120_000
-            for i in range(offset, min(total, offset + batch))
-        }
-        pipe.zadd(queue, members)
-    await pipe.execute()
+    for offset in range(0, total, batch * 10):
+        pipe = redis.pipeline(transaction=False)
+        for chunk in range(offset, min(total, offset + batch * 10), batch):
+            queue = JOB_QUEUES[(chunk // batch) % len(JOB_QUEUES)]
+            ids = range(chunk, min(total, chunk + batch))
+            # a minute of backlog and a minute of deferred jobs
+            pipe.zadd(queue, {f"bench-queued-{i}": now_ms - 60_000 + i % 120_000 for i in ids})
+            function = FUNCTIONS[queue]
+            for i in ids:
+                payload = serialize_job({"t": None, "f": function, "a": [i], "k": {}, "et": now_ms})
+                pipe.psetex(f"arq:job:bench-queued-{i}", JOB_TTL_MS, payload)
+        await pipe.execute()
     return time.perf_counter() - started

@@ -177,6 +177,18 @@ def latency_result(case: str, samples: list[float], target_p95_ms: float | None,
     )
 
 
+def failed_result(case: str, target_p95_ms: float | None, exc: BaseException) -> Result:
+    return Result(
+        case,
+        "p95 latency",
+        float("nan"),
+        "ms",
+        target=f"< {target_p95_ms:g}" if target_p95_ms is not None else None,
+        passed=False,
+        note=f"FAILED: {exc}"[:400],
+    )
+
+
 async def _get_ok(client: httpx.AsyncClient, url: str, params: dict[str, str] | None = None) -> Any:
     response = await client.get(url, params=params)
     if response.status_code != 200:
@@ -233,10 +245,13 @@ async def api_cases(backends: Backends, scale: Scale, rows_label: str) -> list[R
 
             async def measure(case: str, target: float | None, url: str, params: dict[str, str] | None = None,
                               samples: int = n, note: str = "") -> None:  # fmt: skip
-                progress(f"{case} ({samples} requests)")
-                results.append(
-                    latency_result(case, await _series(client, url, samples, params), target, note)
-                )
+                progress(f"{case} (up to {samples} requests)")
+                try:
+                    series = await _series(client, url, samples, params)
+                except (RuntimeError, httpx.HTTPError) as exc:  # a product failure: a failed row
+                    results.append(failed_result(case, target, exc))
+                    return
+                results.append(latency_result(case, series, target, note))
 
             await measure("DLQ list, first page", 10, DLQ, note=rows_label)
             progress(f"walking {scale.deep_pages:,} DLQ pages for a deep cursor")
@@ -251,7 +266,10 @@ async def api_cases(backends: Backends, scale: Scale, rows_label: str) -> list[R
             await measure("GET …/dlq/groups?queue=", 50, f"{DLQ}/groups", {"queue": "email_send"})
             await measure("GET /api/v1/admin/queues", 20, "/api/v1/admin/queues",
                           note=f"{rows_label} + {scale.queued_jobs:,} queued jobs")  # fmt: skip
-            results.append(await _retry_case(client, retry_ids))
+            try:
+                results.append(await _retry_case(client, retry_ids))
+            except (RuntimeError, httpx.HTTPError) as exc:
+                results.append(failed_result("POST …/dlq/{id}/retry", 10, exc))
         rss = rss_mb(proc.pid)
     results.append(Result("service RSS", "after the API cases", rss, "MB", target="< 150"))
     return results

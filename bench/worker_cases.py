@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -246,6 +247,16 @@ async def _wait_empty(redis: Any, timeout: float) -> None:
         await asyncio.sleep(0.005)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+cpu_per_1k_jobs: dict[int, list[float]] = {1: [], 2: []}
+
+
 async def _scale_out_round(backends: Backends, redis: Any, processes: int, jobs: int) -> float:
     env = _worker_env(backends)
     procs = [
@@ -268,10 +279,15 @@ async def _scale_out_round(backends: Backends, redis: Any, processes: int, jobs:
         await enqueue_raw(redis, QUEUE, "bench_io", warm)
         await _wait_empty(redis, 60)
         ids = [f"bench-scale-{uuid.uuid4().hex}" for _ in range(jobs)]
+        cpu_before = sum(_cpu_seconds(p.pid) for p in procs)
         started = time.perf_counter()
         await enqueue_raw(redis, QUEUE, "bench_io", ids)
         await _wait_empty(redis, 300)
-        return jobs / (time.perf_counter() - started)
+        rate = jobs / (time.perf_counter() - started)
+        cpu_per_1k_jobs[processes].append(
+            1000 * (sum(_cpu_seconds(p.pid) for p in procs) - cpu_before) / jobs
+        )
+        return rate
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -285,6 +301,8 @@ async def _scale_out_round(backends: Backends, redis: Any, processes: int, jobs:
 
 
 async def scale_out_case(backends: Backends, scale: Scale) -> list[Result]:
+    for samples in cpu_per_1k_jobs.values():
+        samples.clear()
     jobs = scale.scale_out_jobs
     progress(
         f"scale-out: {jobs:,} jobs of {IO_JOB_SECONDS * 1000:.0f} ms I/O, 2 worker processes vs 1 "
@@ -309,6 +327,12 @@ async def scale_out_case(backends: Backends, scale: Scale) -> list[Result]:
             baseline=rounds.baseline_median,
             ratio=rounds.ratio,
             target=">= 1.8",
-            note=rounds.describe(),
+            note=rounds.describe()
+            + "; worker CPU per 1k jobs: "
+            + ", ".join(
+                f"{n} process{'es' if n > 1 else ''} {statistics.median(v):.2f} s"
+                for n, v in cpu_per_1k_jobs.items()
+                if v
+            ),
         )
     ]
