@@ -10,6 +10,7 @@ comes first on ``PYTHONPATH``: the clone's code runs with the clone's binaries, 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import os
@@ -212,10 +213,30 @@ def test_make_run_from_the_root_only_checkout(checkout: Checkout) -> None:
         proc.signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(timeout=40) in (0, 130), proc.output()[-3000:]
     finally:
+        if proc.process is not None and proc.process.poll() is None:
+            proc.signal(signal.SIGINT)  # Ctrl-C, as a person stops it: dev stops what it started
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
         proc.stop(timeout=30)
-        if pgdata is not None:
-            assert _processes_mentioning(str(pgdata), str(checkout.clone)) == []
+        orphan = _stop_postmaster(data_dir)  # only if dev died before stopping it (test interrupted)
         EmbeddedPostgres(data_dir).destroy()  # the dev data lives outside the clone: remove it too
+    assert orphan is None, f"fmhl-ops dev left its Postgres (pid {orphan}) running"
+    assert pgdata is not None and _processes_mentioning(str(pgdata), str(checkout.clone)) == []
+
+
+def _stop_postmaster(data_dir: Path) -> int | None:
+    """Fast-shutdown a Postgres still running on ``data_dir``; returns its pid if there was one."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGINT)
+    except (OSError, ValueError, IndexError):
+        return None
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.1)
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    return pid
 
 
 @pytest.mark.timeout(240)
