@@ -15,6 +15,7 @@ import asyncio
 import datetime
 import importlib.util
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -195,11 +196,24 @@ def results_path(scale: Scale) -> Path | None:
     return {"1m": BENCH_DIR / "results.json", "10m": BENCH_DIR / "results-10m.json"}.get(scale.name)
 
 
+def code_version() -> str:
+    """HEAD, and which product paths had uncommitted changes (the run used the working tree)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=BENCH_DIR.parent, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "shared", "service", "worker", "cli", "sql").splitlines()
+    return f"{head}" + (f" + uncommitted changes in {len(dirty)} product file(s)" if dirty else "")
+
+
 def write_results(path: Path, scale: Scale, results: Sequence[Result], seconds: float) -> None:
     document = {
         "scale": scale.name,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
+        "code": code_version(),
         "duration_seconds": round(seconds, 1),
         "results": [r.as_json() for r in results],
     }
@@ -218,6 +232,7 @@ def main(argv: list[str]) -> int:
         results = asyncio.run(run_cases(scale, names))
     seconds = time.perf_counter() - started
     print(table(results))
+    print(f"\nscale {scale.name}; {machine()}; code {code_version()}")
     missed = [r for r in results if r.passed is False]
     checked = [r for r in results if r.passed is not None]
     met = len(checked) - len(missed)
