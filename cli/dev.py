@@ -74,11 +74,10 @@ async def _serve_dev(settings: Settings, host: str, port: int, *, demo: bool = F
     print(f"workers running in-process: {', '.join(ALL_QUEUES)}")
     print(f"serving on http://{host}:{port}  (try: curl http://{host}:{port}/health/ready)")
     print(f"web console: http://{host}:{port}/console   API docs: http://{host}:{port}/docs", flush=True)
-    if demo:
-        from cli.demo import describe, seed_demo
+    if demo:  # on its own short-lived pool: the app's pool opens with the server's lifespan
+        from cli.demo import describe, run_demo
 
-        await asyncio.wait_for(state.db.connected.wait(), timeout=30)
-        print(describe(await seed_demo(state.db.pool, state.redis)), flush=True)
+        print(describe(await run_demo(settings, providers=12, leads=40, seed=None)), flush=True)
 
     async def stop_workers() -> None:
         await asyncio.gather(*(stop_gracefully(w) for w in workers), return_exceptions=True)
