@@ -186,6 +186,13 @@ def _prune_own_shadows() -> None:
         _prune_shadows(_SHADOWS_MADE, min_age_seconds=0.0)
 
 
+def prune_stale_shadows(min_age_seconds: float = 5.0) -> None:
+    """Remove every shadow data directory whose symlink is gone (e.g. at the end of a test run)."""
+    if PGDATA_ROOT.is_dir():
+        with contextlib.suppress(OSError):
+            _prune_shadows(min_age_seconds=min_age_seconds)
+
+
 def _prune_shadows(homes: set[Path] | None = None, min_age_seconds: float = _PRUNE_AFTER_SECONDS) -> None:
     """Remove shadow data directories whose symlink is gone and whose server is not running."""
     now = time.time()
@@ -193,8 +200,9 @@ def _prune_shadows(homes: set[Path] | None = None, min_age_seconds: float = _PRU
         try:
             if now - home.stat().st_mtime < min_age_seconds:
                 continue
-            link = (home / "link").read_text().strip()
-            if os.path.islink(link) and os.readlink(link) == str(home / "data"):
+            link_file = home / "link"  # absent: setup or removal was interrupted
+            link = link_file.read_text().strip() if link_file.exists() else ""
+            if link and os.path.islink(link) and os.readlink(link) == str(home / "data"):
                 continue
             pid_file = home / "data" / "postmaster.pid"
             if pid_file.exists() and _pid_alive(int(pid_file.read_text().split()[0])):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from cli.embedded import EmbeddedPostgres, EmbeddedRedis
+from cli.embedded import EmbeddedPostgres, EmbeddedRedis, prune_stale_shadows
 
 
 def docker_engine_available() -> bool:
@@ -48,6 +48,7 @@ def backends() -> Iterator[Backends]:
     pg_env = os.environ.get("TEST_DATABASE_URL")
     redis_env = os.environ.get("TEST_REDIS_URL")
     with contextlib.ExitStack() as stack:
+        stack.callback(prune_stale_shadows)  # last: embedded Postgres data of deleted temp dirs
         sources = []
         if pg_env:
             pg_dsn, sources = pg_env, [*sources, "env"]
