@@ -236,10 +236,15 @@ def test_every_receiver_is_used_and_defined_once() -> None:
 _MATCHER = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"\s*$')
 
 
-def matches(matcher: str, labels: dict[str, str]) -> bool:
+def parse_matcher(matcher: str) -> tuple[str, str, str]:
     found = _MATCHER.match(matcher)
     assert found, f"unsupported matcher {matcher!r}"
     name, op, value = found.groups()
+    return name, op, value
+
+
+def matches(matcher: str, labels: dict[str, str]) -> bool:
+    name, op, value = parse_matcher(matcher)
     actual = labels.get(name, "")
     if op in {"=", "!="}:
         return (actual == value) == (op == "=")
@@ -252,12 +257,9 @@ def alerts_matching(matchers: list[str]) -> list[dict[str, Any]]:
     found = []
     for rule in ALERTS:
         labels = alert_labels(rule)
-        static = [m for m in matchers if _MATCHER.match(m) and _MATCHER.match(m).group(1) in labels]  # type: ignore[union-attr]
-        series = [m for m in matchers if m not in static]
-        if all(matches(m, labels) for m in static) and all(
-            _MATCHER.match(m).group(3) in rule["expr"]  # type: ignore[union-attr]
-            for m in series
-        ):
+        static = [m for m in matchers if parse_matcher(m)[0] in labels]
+        series = [parse_matcher(m)[2] for m in matchers if m not in static]
+        if all(matches(m, labels) for m in static) and all(value in rule["expr"] for value in series):
             found.append(rule)
     return found
 
@@ -271,9 +273,7 @@ def test_inhibition_rules_name_existing_alerts() -> None:
             names = [m for m in rule[side] if m.strip().startswith("alertname")]
             assert names, f"inhibit rule {index}: {side} must name the alerts it means"
             for matcher in names:
-                regex = _MATCHER.match(matcher)
-                assert regex, matcher
-                for name in regex.group(3).split("|"):
+                for name in parse_matcher(matcher)[2].split("|"):
                     assert name in {r["alert"] for r in ALERTS}, f"inhibit rule {index}: no alert {name}"
         sources = alerts_matching(rule["source_matchers"])
         targets = alerts_matching(rule["target_matchers"])
@@ -543,7 +543,8 @@ def config_from_crd(resource: dict[str, Any]) -> dict[str, Any]:
 def _normalised(config: dict[str, Any]) -> dict[str, Any]:
     """Matchers without optional spaces, so `a = "b"` and `a="b"` compare equal."""
     text = json.dumps({k: v for k, v in config.items() if k != "global"})
-    return json.loads(re.sub(r'\s*(=~|!~|!=|=)\s*\\"', r'\1\\"', text))
+    normalised: dict[str, Any] = json.loads(re.sub(r'\s*(=~|!~|!=|=)\s*\\"', r'\1\\"', text))
+    return normalised
 
 
 def test_alertmanager_config_says_what_the_file_says(tmp_path: Path) -> None:
