@@ -3,6 +3,12 @@
 On the first SIGTERM/SIGINT the app flips to *draining*: ``/health/ready`` answers 503 so the
 load balancer stops sending traffic, for ``drain_seconds``; then uvicorn stops accepting, lets
 in-flight requests finish and runs the lifespan shutdown. A second signal exits at once.
+
+While draining, every response carries ``Connection: close``. A keep-alive connection outlives
+the endpoint's removal (kube-proxy keeps routing an established connection), so without it a
+pooled client kept sending on a connection uvicorn then closed under its next request: a reset
+(tests/reliability/test_graceful_shutdown.py). Closed after its response, the client reconnects
+and the load balancer sends it elsewhere.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from collections.abc import Callable, Iterable
 import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.routes.metrics import refresh_scrape_gauges
 from service.state import AppState
@@ -33,6 +40,25 @@ def metrics_side_server(state: AppState, host: str, port: int) -> uvicorn.Server
         return Response(body, media_type=content_type)
 
     return build_uvicorn(probe_app(metrics), host, port, lifespan="off", head_deadline=True)
+
+
+def close_connections_while_draining(app: ASGIApp, state: AppState) -> ASGIApp:
+    """``Connection: close`` on every response to a request that arrives while draining."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if not state.draining or scope["type"] != "http":
+            await app(scope, receive, send)  # the hot path: no wrapper at all
+            return
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await app(scope, receive, send_closing)
+
+    return wrapped
 
 
 async def run_until_signalled(
@@ -81,7 +107,7 @@ async def serve(
     app: Starlette, host: str, port: int, *, drain_seconds: float = DEFAULT_DRAIN_SECONDS
 ) -> None:
     state: AppState = app.state.ops
-    servers: list[uvicorn.Server] = [build_uvicorn(app, host, port)]
+    servers: list[uvicorn.Server] = [build_uvicorn(close_connections_while_draining(app, state), host, port)]
     if state.settings.metrics_port is not None:
         servers.append(metrics_side_server(state, host, state.settings.metrics_port))
 
