@@ -4,6 +4,8 @@
   as the correlation id for every log line of the request and echoed on the response.
 * Metrics label by route *template* (``scope["route"].path``); unmatched paths share one label.
 * Bodies over ``max_body_bytes`` get 413 before the endpoint sees them.
+* Every ``/api/`` response (admin data, tokens, errors alike) carries ``Cache-Control: no-store``
+  unless the endpoint set its own, so no browser, proxy or CDN keeps a copy.
 * The access log is ours (``http_access``: method, path, route, status, duration, client, with
   the request id), not uvicorn's: one JSON line per request, probes and scrapes excepted.
 """
@@ -27,6 +29,7 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 # fmhl_http_* like every request, but not logged unless they fail with a 5xx.
 QUIET_ROUTES = frozenset({"/health/live", "/health/ready", "/metrics"})
 MAX_LOGGED_PATH = 256
+NO_STORE_PREFIX = "/api/"
 
 
 class PayloadTooLarge(Exception):
@@ -49,6 +52,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
         response_started = False
+        no_store = str(scope.get("path", "")).startswith(NO_STORE_PREFIX)
         received = 0
 
         async def send_wrapper(message: Message) -> None:
@@ -56,11 +60,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = int(message["status"])
-                message.setdefault("headers", [])
-                message["headers"] = [
-                    *[(k, v) for k, v in message["headers"] if k.lower() != b"x-request-id"],
-                    (b"x-request-id", request_id.encode()),
-                ]
+                message["headers"] = _response_headers(message.get("headers") or [], request_id, no_store)
             await send(message)
 
         async def receive_wrapper() -> Message:
@@ -119,6 +119,14 @@ class RequestContextMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def _response_headers(raw: list[tuple[bytes, bytes]], request_id: str, no_store: bool) -> list[Any]:
+    headers = [(k, v) for k, v in raw if k.lower() != b"x-request-id"]
+    headers.append((b"x-request-id", request_id.encode()))
+    if no_store and not any(k.lower() == b"cache-control" for k, _ in headers):
+        headers.append((b"cache-control", b"no-store"))
+    return headers
 
 
 def _request_id_and_length(scope: Scope) -> tuple[bytes | None, bytes | None]:

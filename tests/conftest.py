@@ -19,6 +19,7 @@ from shared.infra.metrics import Metrics
 from shared.infra.migrations import apply_migrations
 from shared.infra.redis import create_redis
 from tests.infra import Backends, backends, database_dsn
+from tests.secret_scan import secret_scan  # noqa: F401 - autouse: no secret in any log line of the session
 
 APP_TABLES = (
     "dead_letter_queue",

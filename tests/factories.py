@@ -12,6 +12,7 @@ from cryptography.fernet import Fernet
 from shared.auth.passwords import hash_password
 from shared.auth.sessions import hash_token, new_token
 from shared.auth.totp import code_at, current_step, encrypt_secret, new_secret
+from tests.secret_scan import remember
 
 
 async def create_provider(conn: Any, **overrides: Any) -> uuid.UUID:
@@ -222,6 +223,7 @@ async def create_admin(
         encrypt_secret(Fernet(mfa_encryption_key.encode()), secret),
         disabled,
     )
+    remember(password, secret)
     return AdminAccount(user_id, email, role, password, secret)
 
 
@@ -241,4 +243,5 @@ async def create_admin_session(
         expired,
         revoked,
     )
+    remember(token)
     return token

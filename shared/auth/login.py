@@ -37,10 +37,10 @@ from datetime import datetime
 from typing import Any
 
 from shared import audit
-from shared.auth.passwords import verify_dummy, verify_password
+from shared.auth.passwords import hash_password, needs_rehash, verify_dummy, verify_password
 from shared.auth.sessions import IssuedSession, create_session, revoke_session
 from shared.auth.totp import decrypt_secret, matched_step, mfa_cipher
-from shared.auth.users import User, claim_totp_step, get_user_by_email, lock_account
+from shared.auth.users import User, claim_totp_step, get_user_by_email, lock_account, replace_password_hash
 from shared.infra.config import Settings
 from shared.infra.db import Conn, execute, fetchrow, fetchval
 from shared.infra.errors import RateLimited, Unauthenticated
@@ -179,6 +179,7 @@ class _Verified:
     user_id: uuid.UUID | None
     step: int | None
     reason: str | None  # None = password and code both right
+    rehashed: str | None = None  # a new hash at today's cost, when the stored one is older
 
 
 async def _verify(settings: Settings, user: User | None, attempt: LoginAttempt) -> _Verified:
@@ -189,7 +190,14 @@ async def _verify(settings: Settings, user: User | None, attempt: LoginAttempt) 
         return _Verified(user.id, None, "bad_password")
     secret = decrypt_secret(mfa_cipher(settings), user.totp_secret_encrypted)
     step = matched_step(secret, attempt.totp_code.replace(" ", ""))
-    return _Verified(user.id, step, None if step is not None else "bad_code")
+    if step is None:
+        return _Verified(user.id, None, "bad_code")
+    # Transparent upgrade: the only moment the plain password is at hand, and only once both
+    # factors passed (a wrong code costs no second derivation).
+    rehashed = (
+        await asyncio.to_thread(hash_password, attempt.password) if needs_rehash(user.password_hash) else None
+    )
+    return _Verified(user.id, step, None, rehashed)
 
 
 async def login(
@@ -236,6 +244,8 @@ async def _record(
         user = await _throttled_user(conn, email, attempt.ip, policy)
         reason = await _refusal(conn, user, verified)
         if user is not None and reason is None:
+            if verified.rehashed is not None:
+                await _store_rehash(conn, user, verified.rehashed)
             return await _succeed(conn, settings, user, attempt)
         await _fail(conn, email, user, attempt, reason or "unknown", policy)
         return reason or "unknown"
@@ -252,6 +262,12 @@ async def _refusal(conn: Conn, user: User | None, verified: _Verified) -> str | 
     if not await claim_totp_step(conn, user.id, verified.step):
         return "replayed_code"
     return None
+
+
+async def _store_rehash(conn: Conn, user: User, new_hash: str) -> None:
+    if await replace_password_hash(conn, user.id, user.password_hash, new_hash):
+        old_parameters = "$".join(user.password_hash.split("$")[:4])
+        log_event("INFO", "password_rehashed", user_id=str(user.id), old_parameters=old_parameters)
 
 
 async def _succeed(conn: Conn, settings: Settings, user: User, attempt: LoginAttempt) -> LoginSuccess:

@@ -4,8 +4,14 @@ Stored form: ``scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>`` (unpadded url-safe bas
 per-user salt, 32-byte derived key). Verification re-derives with the parameters found in the
 string, so raising the cost later leaves existing hashes verifiable. Comparison is constant-time.
 
+Cost: OWASP's scrypt parameters (Password Storage Cheat Sheet): N=2^17, r=8, p=1 — 128 MiB and
+~0.3-0.6 s per derivation. Hashes with older (lower) parameters still verify, and ``needs_rehash``
+tells the login use case to store a new hash at today's cost after a successful login.
+At 128 MiB a derivation, at most ``KDF_CONCURRENCY`` run at once per process (the others wait for
+a slot), so a burst of logins cannot exhaust a pod's memory.
+
 ``verify_dummy`` spends the same work against a fixed hash, so a login for an unknown email takes
-as long as one for a known email. scrypt blocks for ~50 ms; async callers run it in a thread.
+as long as one for a known email. Async callers run the KDF in a thread.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ import binascii
 import hashlib
 import hmac
 import secrets
+import threading
 
-SCRYPT_N = 2**14
+SCRYPT_N = 2**17
 SCRYPT_R = 8
 SCRYPT_P = 1
 SALT_BYTES = 16
@@ -26,8 +33,10 @@ KEY_BYTES = 32
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
 _SCHEME = "scrypt"
-# 128 MiB: room for the cost raised a few steps above today's 16 MiB (n=2**14, r=8).
-_MAX_MEMORY = 128 * 1024 * 1024
+# 128 * r * N = 128 MiB today; twice that leaves room for one more step of cost.
+_MAX_MEMORY = 256 * 1024 * 1024
+KDF_CONCURRENCY = 2
+_KDF_SLOTS = threading.BoundedSemaphore(KDF_CONCURRENCY)
 
 
 class WeakPassword(ValueError):
@@ -50,9 +59,9 @@ def _unb64(text: str) -> bytes:
 
 
 def _derive(password: str, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:
-    return hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=length, maxmem=_MAX_MEMORY
-    )
+    secret = password.encode("utf-8", "surrogatepass")
+    with _KDF_SLOTS:
+        return hashlib.scrypt(secret, salt=salt, n=n, r=r, p=p, dklen=length, maxmem=_MAX_MEMORY)
 
 
 def hash_password(password: str) -> str:
@@ -75,9 +84,18 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(actual, expected_key)
 
 
+def needs_rehash(stored: str) -> bool:
+    """True when ``stored`` was made with other parameters than today's (rehash after login)."""
+    try:
+        scheme, n, r, p, _salt, _key = stored.split("$")
+        return (scheme, int(n), int(r), int(p)) != (_SCHEME, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    except ValueError:
+        return True
+
+
 # A hash of a random string nobody kept, with today's parameters. A constant (not computed
 # lazily) so even the first unknown-email login costs exactly one derivation.
-DUMMY_HASH = "scrypt$16384$8$1$FuhBPfSlf8pXry7l1PdWDw$uZr5x6CsyySf6wgSH1Sdo66O2BQGN03c4fq85lhX49o"
+DUMMY_HASH = "scrypt$131072$8$1$GXJSj7JmFfAYvgIIfwkqkw$fKEN5NPGB562r9bw_CXCVfuEhN7-EmPL9OJedOYUeeo"
 
 
 def verify_dummy(password: str) -> bool:

@@ -160,6 +160,18 @@ async def claim_totp_step(conn: Conn, user_id: uuid.UUID, step: int) -> bool:
     return row is not None
 
 
+REHASH_PASSWORD = """
+UPDATE users SET password_hash = $3, updated_at = now()
+WHERE id = $1 AND password_hash = $2
+"""
+
+
+async def replace_password_hash(conn: Conn, user_id: uuid.UUID, old_hash: str, new_hash: str) -> bool:
+    """Store ``new_hash`` if the stored hash is still ``old_hash`` (a concurrent password change wins)."""
+    status = await execute(conn, "user_rehash_password", REHASH_PASSWORD, user_id, old_hash, new_hash)
+    return bool(status == "UPDATE 1")
+
+
 UPDATE_LOCKED_UNTIL = """
 UPDATE users SET locked_until = now() + make_interval(secs => $2), updated_at = now()
 WHERE id = $1

@@ -84,7 +84,7 @@ async def test_create_prints_the_uri_once_and_the_account_can_log_in(
 
     user = await clean_db.fetchrow("SELECT * FROM users")
     assert user["email"] == "ops@example.test" and user["role"] == "admin"
-    assert user["password_hash"].startswith("scrypt$16384$8$1$")
+    assert user["password_hash"].startswith("scrypt$131072$8$1$")
     assert verify_password(PASSWORD, user["password_hash"])
     assert totp.secret not in user["totp_secret_encrypted"]
     assert Fernet(key.encode()).decrypt(user["totp_secret_encrypted"].encode()).decode() == totp.secret

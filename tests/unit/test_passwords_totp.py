@@ -32,7 +32,7 @@ def _unb64(text: str) -> bytes:
 def test_hash_encodes_scrypt_parameters_and_a_16_byte_salt() -> None:
     stored = hash_password("correct horse battery")
     scheme, n, r, p, salt, key = stored.split("$")
-    assert (scheme, n, r, p) == ("scrypt", "16384", "8", "1")
+    assert (scheme, n, r, p) == ("scrypt", "131072", "8", "1")
     assert len(_unb64(salt)) == 16
     assert len(_unb64(key)) == 32
     assert "correct horse" not in stored
