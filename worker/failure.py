@@ -69,11 +69,12 @@ CANCELLED_MARKER_TIMEOUT_SECONDS = 1.0
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, asyncpg.InterfaceError) and exc.__context__ is not None:
-        # ``async with conn.transaction()`` replaces a connection lost mid-transaction (Postgres
-        # restarted) with "InterfaceError: cannot call Transaction.__aexit__(): the underlying
-        # connection is closed": judge the error it was handling (found by tests/reliability).
-        return is_transient(exc.__context__)
+    if isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc):
+        # asyncpg reports a connection the server dropped (Postgres restarted) as InterfaceError:
+        # "cannot perform operation: connection is closed", or from ``Transaction.__aexit__``
+        # "... the underlying connection is closed" (found by tests/reliability). Any other
+        # InterfaceError is a misuse of the driver: permanent.
+        return True
     return isinstance(exc, TRANSIENT_ERRORS)
 
 

@@ -31,6 +31,7 @@ from tests.factories import create_admin, create_admin_session
 from tests.helpers import signal_tree
 from tests.procs import Proc, wait_http
 from tests.reliability.support import OwnServers, own_servers, summary, wait_until, worker_env
+from worker.failure import is_transient
 
 pytestmark = pytest.mark.e2e
 
@@ -332,3 +333,20 @@ async def test_hung_postgres_hangs_no_probe_and_no_worker(stack: Stack) -> None:
         _signal_postgres(stack, signal.SIGCONT),
         HANG_SECONDS,
     )
+
+
+async def test_connection_lost_mid_transaction_is_transient(servers: OwnServers) -> None:
+    """What the chaos test met at a Postgres restart: ``Transaction.__aexit__`` replaces the lost
+    connection with an ``InterfaceError``; the failure policy must retry it, not DLQ it as permanent."""
+    conn = await asyncpg.connect(servers.database_url)
+    try:
+        with pytest.raises(asyncpg.InterfaceError) as lost:
+            async with conn.transaction():
+                await conn.execute("SELECT 1")
+                await servers.stop_postgres()
+                await conn.execute("SELECT 1")
+    finally:
+        await servers.start_postgres()
+        await conn.close()
+    print(f"\nlost mid-transaction: {type(lost.value).__name__} <- {type(lost.value.__context__).__name__}")
+    assert is_transient(lost.value)
