@@ -187,6 +187,10 @@ async def test_on_call_signs_in_retries_a_failure_and_sees_its_lineage(
     await page.get_by_role("heading", name="Workers").wait_for()
     assert await page.get_by_text("email_send").first.is_visible()
     await shots.take(page, "overview")
+    async with page.expect_response(f"{stack.base}/console/live", timeout=8_000) as refreshed:
+        pass  # htmx polls the live fragment every 5 s and swaps it in place
+    assert (await refreshed.value).status == 200
+    await page.get_by_role("heading", name="Workers").wait_for()
 
     await page.get_by_role("link", name="Failure groups").click()
     await page.wait_for_url(f"{stack.base}/console/groups")

@@ -97,6 +97,10 @@ async def test_every_page_renders_with_the_security_headers(console: Console) ->
         assert response.headers["cache-control"] == "no-store"
         assert "<script>" not in response.text and " on" + "click=" not in response.text
     print("page render ms (in-process, tiny DB):", timings)
+    metrics = (await console.client.get("/metrics")).text
+    assert 'route="/console/dlq/{entry_id}"' in metrics  # labelled by template, like API routes
+    missing = await console.client.get("/console/no-such-page")
+    assert missing.status_code == 404 and "There is no such page" in missing.text
     detail = html.unescape((await console.page(f"/console/dlq/{entry_id}")).text)
     assert '"two"' in detail and "x@example.test" in detail
     assert "Retry</button>" in detail and "Resolve</button>" in detail
