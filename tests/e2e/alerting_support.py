@@ -151,9 +151,11 @@ class Webhook:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        """Idempotent; safe also when never started (``shutdown()`` alone would then block)."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=5)
         self._server.server_close()
-        self._thread.join(timeout=5)
 
     def url(self, receiver: str) -> str:
         return f"http://127.0.0.1:{self.port}/{receiver}"

@@ -21,6 +21,7 @@ test fails or the run is interrupted (an atexit net kills what an interrupted te
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import itertools
 import os
@@ -173,6 +174,25 @@ def stack() -> Iterator[Stack]:
     redis = EmbeddedRedis(base / "redis")
     webhook = Webhook()
     current: Stack | None = None
+
+    def teardown() -> None:
+        """Stop everything by PID and delete the data; idempotent. Also run at interpreter exit,
+        in case an interrupt (a second Ctrl-C) cut the fixture's own teardown short."""
+        if current is not None:
+            for binary in reversed(current.binaries.values()):
+                binary.stop()
+            for proc in current.procs.values():
+                proc.stop(timeout=20)
+                untrack(proc.pid)
+        webhook.stop()
+        for server in (redis, pg):
+            if server.process is not None:
+                untrack(server.process.pid)
+        redis.stop()
+        pg.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+    atexit.register(teardown)
     try:
         pg.start()
         assert pg.process is not None
@@ -285,19 +305,8 @@ def stack() -> Iterator[Stack]:
         )
         yield current
     finally:
-        if current is not None:
-            for binary in reversed(current.binaries.values()):
-                binary.stop()
-            for proc in current.procs.values():
-                proc.stop(timeout=20)
-                untrack(proc.pid)
-        webhook.stop()
-        for server in (redis, pg):
-            if server.process is not None:
-                untrack(server.process.pid)
-        redis.stop()
-        pg.destroy()
-        shutil.rmtree(base, ignore_errors=True)
+        teardown()
+        atexit.unregister(teardown)
         print(f"stack stopped; module took {time.monotonic() - started:.1f}s")
 
 
