@@ -27,6 +27,7 @@ from service.console.security import (
     csrf_key,
     csrf_matches,
     csrf_token,
+    secure_headers,
     session_token,
 )
 from service.readiness import readiness
@@ -87,6 +88,12 @@ def actor(request: Request, user: ConsoleUser) -> Actor:
 
 
 def sign_in_redirect(request: Request) -> Response:
+    if request.headers.get("hx-request") == "true":
+        # An htmx refresh (the overview's live fragment) of an expired session: have htmx load
+        # the sign-in page as a whole page instead of swapping it into the fragment.
+        return secure_headers(
+            Response(status_code=200, headers={"HX-Redirect": "/console/sign-in?next=%2Fconsole"})
+        )
     target = request.url.path if request.method == "GET" else "/console"
     if request.method == "GET" and request.url.query:
         target += "?" + request.url.query

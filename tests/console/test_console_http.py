@@ -128,6 +128,10 @@ async def test_signed_out_requests_go_to_the_sign_in_page(console: Console) -> N
     response = await console.client.get("/console/groups?queue=email_send")
     assert response.status_code == 303
     assert response.headers["location"] == "/console/sign-in?next=%2Fconsole%2Fgroups%3Fqueue%3Demail_send"
+    fragment = await console.client.get("/console/live", headers={"HX-Request": "true"})
+    assert (
+        fragment.status_code == 200 and fragment.headers["hx-redirect"] == "/console/sign-in?next=%2Fconsole"
+    )
     form = await console.page("/console/sign-in")
     assert form.status_code == 200 and 'name="totp_code"' in form.text and 'for="totp_code"' in form.text
 
