@@ -8,6 +8,7 @@ finds no live session and gets the sign-in page.
 
 from __future__ import annotations
 
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -61,8 +62,9 @@ async def sign_in_form(request: Request) -> Response:
     return _form_page(request, next_url=next_url)
 
 
-def _field(form: object, name: str, max_length: int) -> str:
-    value = form.get(name) if hasattr(form, "get") else None
+def _field(form: FormData, name: str, max_length: int) -> str:
+    """The field as text, cut just past its limit (the login use case then refuses it)."""
+    value = form.get(name)
     if not isinstance(value, str):
         return ""
     return value[: max_length + 1]
