@@ -63,7 +63,7 @@ async def sign_in_form(request: Request) -> Response:
 
 
 def _field(form: FormData, name: str, max_length: int) -> str:
-    """The field as text, cut just past its limit (the login use case then refuses it)."""
+    """The field as text, cut just past its limit so an overlong value is refused before any work."""
     value = form.get(name)
     if not isinstance(value, str):
         return ""
@@ -92,6 +92,8 @@ async def sign_in(request: Request) -> Response:
             error="Email, password and code are required.",
             status=400,
         )
+    if len(email) > MAX_EMAIL_LENGTH or len(password) > MAX_PASSWORD_LENGTH or len(code) > MAX_CODE_LENGTH:
+        return _form_page(request, next_url=next_url, error="A field is too long.", status=400)
     state = app_state(request)
     attempt = LoginAttempt(
         email=email,

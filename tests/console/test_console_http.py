@@ -205,6 +205,18 @@ async def test_wrong_code_is_one_generic_error(keyed: Settings, clean_db: Any, r
         )
         assert response.status_code == 401 and "Invalid email, password or code." in response.text
         assert SESSION_COOKIE not in client.cookies
+        token = re.search(r'name="signin_token" value="([^"]+)"', response.text)
+        assert token
+        huge = await client.post(
+            "/console/sign-in",
+            data={
+                "signin_token": token.group(1),
+                "email": admin.email,
+                "password": "x" * 5000,
+                "totp_code": "1",
+            },
+        )
+        assert huge.status_code == 400 and "too long" in huge.text
 
 
 async def test_cookie_is_secure_unless_plain_http_on_loopback(
