@@ -64,6 +64,9 @@ async def _console(backends: Backends, scale: Scale) -> list[Result]:
 
 
 def _result_from_dict(row: dict[str, Any]) -> Result:
+    target = row.get("target")
+    if isinstance(target, int | float):  # a bare number is an upper bound on a latency
+        target = f"< {target:g}"
     return Result(
         case=str(row.get("case", "console")),
         metric=str(row.get("metric", "")),
@@ -71,7 +74,7 @@ def _result_from_dict(row: dict[str, Any]) -> Result:
         unit=str(row.get("unit", "")),
         baseline=row.get("baseline"),
         ratio=row.get("ratio"),
-        target=row.get("target"),
+        target=target,
         passed=row.get("pass"),
         note=str(row.get("note", "")),
     )
