@@ -52,6 +52,9 @@ REDIS_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 REDIS_RETRY_MIN_SECONDS = 0.2
+# Shutdown clean-up in Redis is best effort (keys expire anyway): a hung Redis must not stretch
+# SIGTERM by two socket timeouts (20 s, past a typical grace period; found by tests/reliability).
+SHUTDOWN_REDIS_TIMEOUT_SECONDS = 2.0
 REDIS_RETRY_MAX_SECONDS = 2.0
 
 
@@ -175,7 +178,8 @@ class FmhlWorker(Worker):
 
     async def _on_shutdown(self, ctx: dict[str, Any]) -> None:
         try:
-            await delete_heartbeat(self.pool, self.queue_name, self.worker_id)
+            async with asyncio.timeout(SHUTDOWN_REDIS_TIMEOUT_SECONDS):
+                await delete_heartbeat(self.pool, self.queue_name, self.worker_id)
         except Exception as exc:
             log_event("WARNING", "heartbeat_delete_failed", error_type=type(exc).__name__)
         if self._owns_db:
@@ -209,7 +213,8 @@ class FmhlWorker(Worker):
         if self._spool_task is not None and not self._spool_task.done():
             self._spool_task.cancel()
         try:
-            await self.pool.delete(self.health_check_key)
+            async with asyncio.timeout(SHUTDOWN_REDIS_TIMEOUT_SECONDS):
+                await self.pool.delete(self.health_check_key)
         except REDIS_OUTAGE_ERRORS as exc:  # shutting down during a Redis outage: exit cleanly anyway
             log_event("WARNING", "health_check_key_delete_failed", error_type=type(exc).__name__)
         if self.on_shutdown:

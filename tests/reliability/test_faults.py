@@ -350,3 +350,28 @@ async def test_connection_lost_mid_transaction_is_transient(servers: OwnServers)
         await conn.close()
     print(f"\nlost mid-transaction: {type(lost.value).__name__} <- {type(lost.value.__context__).__name__}")
     assert is_transient(lost.value)
+
+
+async def test_worker_sigterm_with_hung_redis_exits_in_bounded_time(servers: OwnServers) -> None:
+    port = free_port()
+    worker = Proc(["worker", EMAIL_SEND], worker_env(servers, WORKER_METRICS_PORT=str(port))).start()
+    assert servers.redis is not None and servers.redis.process is not None
+    redis_pid = servers.redis.process.pid
+    hung = False
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/live", timeout=30, proc=worker)
+        await asyncio.sleep(0.5)
+        signal_tree(redis_pid, signal.SIGSTOP)
+        hung = True
+        await asyncio.sleep(1.0)
+        worker.signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        code = await asyncio.to_thread(worker.wait, 40)
+        exit_s = time.monotonic() - signalled
+    finally:
+        if hung:
+            signal_tree(redis_pid, signal.SIGCONT)
+        worker.stop()
+    print(f"\nworker SIGTERM with Redis hung: exit {code} after {exit_s:.2f}s")
+    assert code == 0, worker.output()[-3000:]
+    assert exit_s < 10.0
