@@ -11,7 +11,7 @@ lookup, queries, Jinja, no socket). Returns one record per page:
 The bench runner (``python -m bench``) calls it from a worker thread; called inside a running
 event loop it returns an awaitable instead. Standalone::
 
-    python -m bench.console --rows 100000      # scratch database as in bench.common
+    python -m bench.console --rows 100000 --queued-jobs 100000   # scratch backends as in bench.common
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import httpx
 from cryptography.fernet import Fernet
 
 from bench.common import bench_backends, percentile, progress
-from bench.dlq_data import analyze, seed_dlq
+from bench.dlq_data import analyze, seed_dlq, seed_queued_jobs
 from service.app import create_app
 from service.console.security import SESSION_COOKIE
 from shared.auth.sessions import create_session
@@ -37,6 +37,7 @@ from shared.auth.users import create_user
 from shared.infra.config import Settings
 from shared.infra.db import create_pool
 from shared.infra.logs import configure_logging
+from shared.infra.redis import create_redis
 
 TARGET_MS = 50.0
 DEFAULT_SAMPLES = 100
@@ -208,8 +209,15 @@ def _table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-async def _standalone(rows: int, samples: int) -> list[dict[str, Any]]:
+async def _standalone(rows: int, samples: int, queued_jobs: int) -> list[dict[str, Any]]:
     async with bench_backends() as backends:
+        if queued_jobs:  # a backlog in Redis, as the bench runner seeds it before this case
+            redis = create_redis(backends.redis_url)
+            try:
+                progress(f"console: seeding {queued_jobs:,} queued jobs")
+                await seed_queued_jobs(redis, queued_jobs)
+            finally:
+                await redis.aclose()
         return await console_bench(backends.database_url, backends.redis_url, rows, samples=samples)
 
 
@@ -217,9 +225,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.console", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
+    parser.add_argument(
+        "--queued-jobs", type=int, default=1_000_000, help="Redis backlog (arq jobs) to seed first"
+    )
     args = parser.parse_args()
     configure_logging("WARNING", "json")  # the page renders log as in production, minus access lines
-    records = asyncio.run(_standalone(args.rows, args.samples))
+    records = asyncio.run(_standalone(args.rows, args.samples, args.queued_jobs))
     print(_table(records))
     return 0 if all(r["pass"] for r in records) else 1
 

@@ -12,6 +12,7 @@ Keys (all under ``fmhl:``; arq's own keys keep arq's names):
 | ``fmhl:dlq:spool:inflight`` | list | the spool drainer (atomic move, insert, remove) |
 | ``fmhl:dlq:spool:rejected`` | list of JSON | records Postgres refused (``shared.dlq.rejects``) |
 | ``fmhl:heartbeat:{queue}:{worker_id}`` | string (JSON), TTL | each worker |
+| ``fmhl:heartbeats`` | zset: heartbeat key → expiry (epoch s) | each worker (the index readers use) |
 | ``fmhl:job:cancelled:{job_id}`` | string, TTL 1 day | the failure decorator, when a try is cancelled |
 """
 
@@ -27,6 +28,7 @@ DLQ_SPOOL_KEY: Final = "fmhl:dlq:spool"
 DLQ_SPOOL_INFLIGHT_KEY: Final = "fmhl:dlq:spool:inflight"
 DLQ_SPOOL_REJECTED_KEY: Final = "fmhl:dlq:spool:rejected"
 HEARTBEAT_KEY_PREFIX: Final = "fmhl:heartbeat:"
+HEARTBEAT_INDEX_KEY: Final = "fmhl:heartbeats"
 CANCELLED_JOB_KEY_PREFIX: Final = "fmhl:job:cancelled:"
 RESULT_MESSAGE_LIMIT: Final = 8192
 

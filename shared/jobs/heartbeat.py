@@ -2,7 +2,11 @@
 
 One key per worker, ``fmhl:heartbeat:{queue}:{worker_id}``, holding JSON (queue, worker id,
 host, ongoing jobs, last beat) with a TTL of about three intervals, so a dead worker's key
-disappears by itself.
+disappears by itself. Readers find the keys through an index, the zset ``fmhl:heartbeats``
+(member: the key, score: its expiry), never by ``SCAN``: a scan walks the whole keyspace, and
+with a backlog of a million queued jobs (a million ``arq:job:*`` keys) it took seconds, long
+enough for the queues API, readiness and the console overview to time out. Expired members are
+pruned on read.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from shared.infra.redis import HEARTBEAT_KEY_PREFIX, heartbeat_key
+from shared.infra.redis import HEARTBEAT_INDEX_KEY, heartbeat_key
 
 HEARTBEAT_INTERVAL_SECONDS = 5.0
 HEARTBEAT_TTL_SECONDS = 15
@@ -33,6 +37,7 @@ class Heartbeat:
 
 
 async def write_heartbeat(redis: Redis, beat: Heartbeat, ttl_seconds: int = HEARTBEAT_TTL_SECONDS) -> None:
+    key = heartbeat_key(beat.queue, beat.worker_id)
     payload = orjson.dumps(
         {
             "queue": beat.queue,
@@ -42,16 +47,26 @@ async def write_heartbeat(redis: Redis, beat: Heartbeat, ttl_seconds: int = HEAR
             "last_beat": beat.last_beat,
         }
     )
-    await redis.set(heartbeat_key(beat.queue, beat.worker_id), payload, ex=ttl_seconds)
+    pipe = redis.pipeline(transaction=False)
+    pipe.set(key, payload, ex=ttl_seconds)
+    pipe.zadd(HEARTBEAT_INDEX_KEY, {key: time.time() + ttl_seconds})
+    await pipe.execute()
 
 
 async def delete_heartbeat(redis: Redis, queue: str, worker_id: str) -> None:
-    await redis.delete(heartbeat_key(queue, worker_id))
+    key = heartbeat_key(queue, worker_id)
+    pipe = redis.pipeline(transaction=False)
+    pipe.delete(key)
+    pipe.zrem(HEARTBEAT_INDEX_KEY, key)
+    await pipe.execute()
 
 
 async def read_heartbeats(redis: Redis) -> list[Heartbeat]:
-    """All live heartbeats (a handful of keys: one per worker process)."""
-    keys = [key async for key in redis.scan_iter(match=f"{HEARTBEAT_KEY_PREFIX}*", count=200)]
+    """All live heartbeats (a handful of keys: one per worker process), from the index."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.zremrangebyscore(HEARTBEAT_INDEX_KEY, "-inf", time.time())
+    pipe.zrange(HEARTBEAT_INDEX_KEY, 0, -1)
+    _, keys = await pipe.execute()
     if not keys:
         return []
     beats = []
