@@ -18,8 +18,10 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev,embedded]'
 	touch $@ $(VENV)/.embedded
 
+# Extra arguments for `fmhl-ops dev`, e.g. make run RUN_ARGS="--port 8001".
+RUN_ARGS ?=
 run: $(VENV)/.embedded
-	$(BIN)/fmhl-ops dev --demo
+	$(BIN)/fmhl-ops dev --demo $(RUN_ARGS)
 
 # Debian packages the tests drive for real: promtool + Prometheus server (prometheus), amtool +
 # Alertmanager (prometheus-alertmanager), redis_exporter for the dashboard's Redis panels
