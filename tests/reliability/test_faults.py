@@ -275,7 +275,7 @@ async def _outage(
             stack.service.output()[-3000:],
         )
     assert set(statuses["live"]) == {"200"} and set(statuses["worker_live"]) == {"200"}
-    assert max(fault_latency) < HEALTH_TIMEOUT_SECONDS + 1.0
+    assert max(fault_latency) < HEALTH_TIMEOUT_SECONDS + 2.0  # bounded by the check timeout, never a hang
     assert sent + captured == len(stack.enqueued) > 50
 
 
