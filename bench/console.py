@@ -155,6 +155,7 @@ async def console_bench(
                 "overview (live fragment)": "/console/live",
                 "failure groups": "/console/groups",
                 "failure groups (all states)": "/console/groups?state=all",
+                "failure groups (page 5)": "/console/groups?state=all&page=5",
                 "group confirmation": f"/console/groups/{group_queue}/{fingerprint}/retry",
                 "DLQ list (unresolved)": "/console/dlq",
                 "DLQ list (all, one queue)": "/console/dlq?state=all&queue=email_send",

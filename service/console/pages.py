@@ -36,6 +36,8 @@ from shared.jobs.queues import ALL_QUEUES, JOB_QUEUES
 from shared.jobs.stats import collect_queue_stats, export_queue_gauges
 
 DLQ_PAGE_SIZE = 50
+GROUPS_PAGE_SIZE = 100
+MAX_GROUP_PAGES = 100
 AUDIT_PAGE_SIZE = 50
 MAX_FILTER_LENGTH = 200
 NOTICES = {
@@ -111,13 +113,21 @@ async def overview_live(request: Request, user: ConsoleUser) -> Response:
 async def groups(request: Request, user: ConsoleUser) -> Response:
     queue = _queue(request)
     state_name, resolved = _state(request, "unresolved")
+    raw_page = _param(request, "page", max_length=3) or "1"
+    if not raw_page.isdigit() or not 1 <= int(raw_page) <= MAX_GROUP_PAGES:
+        raise Invalid(f"page must be between 1 and {MAX_GROUP_PAGES}")
+    page = int(raw_page)
+    # Pages of the groups ordered by size: the counters table is O(groups), so reading the first
+    # page * size + 1 rows and rendering only the last page costs little; rendering is the cost.
     async with app_state(request).db.pool.acquire() as conn:
-        found = await group_entries(conn, queue=queue, resolved=resolved)
+        found = await group_entries(conn, queue=queue, resolved=resolved, limit=page * GROUPS_PAGE_SIZE + 1)
     return render(
         request,
         "groups.html",
         {
-            "groups": found,
+            "groups": found[(page - 1) * GROUPS_PAGE_SIZE : page * GROUPS_PAGE_SIZE],
+            "page": page,
+            "more": len(found) > page * GROUPS_PAGE_SIZE,
             "queue": queue,
             "state": state_name,
             "queues": ALL_QUEUES,

@@ -13,7 +13,7 @@ async def test_console_bench_renders_every_page_and_reports_p95(
     records = await console_bench(database_url, redis_url, 2_000, samples=10)
     for record in records:
         print(f"{record['metric']}: {record['value']} ms ({record['note']})")
-    assert len(records) == 15
+    assert len(records) == 16
     assert {r["case"] for r in records} == {"console"} and {r["unit"] for r in records} == {"ms"}
     assert all(r["metric"].startswith("p95 ") and r["target"] == TARGET_MS for r in records)
     assert all(isinstance(r["pass"], bool) and r["value"] > 0 for r in records)

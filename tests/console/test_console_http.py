@@ -416,3 +416,20 @@ def time_now() -> Any:
     from datetime import UTC, datetime
 
     return datetime.now(UTC)
+
+
+async def test_failure_groups_page_by_size(console: Console) -> None:
+    await console.db.execute(
+        """INSERT INTO dead_letter_queue (queue_name, job_id, function, error_type, error_message,
+               fingerprint, attempts, reason, failed_at)
+           SELECT 'email_send', 'job-' || g || '-' || n, 'send_email', 'E' || g, 'message ' || g,
+                  'fp-' || lpad(g::text, 3, '0'), 1, 'permanent', now()
+           FROM generate_series(1, 105) AS g, generate_series(1, 1 + g / 50) AS n"""
+    )
+    first = (await console.page("/console/groups")).text
+    assert first.count('class="fp"') == 100 and "fp-105" in first  # the largest (3 entries) first
+    nxt = re.search(r'rel="next" href="([^"]+)"', first)
+    assert nxt
+    second = (await console.page(nxt.group(1).replace("&amp;", "&"))).text
+    assert second.count('class="fp"') == 5 and "« Larger" in second and 'rel="next"' not in second
+    assert (await console.client.get("/console/groups?page=0")).status_code == 400
