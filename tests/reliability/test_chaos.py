@@ -306,7 +306,7 @@ async def _verify(
     assert fleet.kills >= 10 and counts.redis_restarts == 1 and counts.postgres_restarts == 1
     assert not missing, _trace(missing[:5], fleet, smtp)
     assert not twice, twice[:20]
-    assert not permanent_not_once, permanent_not_once[:20]
+    assert not permanent_not_once, _trace(permanent_not_once[:3], fleet, smtp)
     assert all(row["reason"] for row in dlq_rows)
     # A transient failure never ends as "permanent" (chaos may exhaust its tries, nothing else).
     misjudged = [
