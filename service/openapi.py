@@ -54,6 +54,7 @@ def openapi_route(spec: dict[str, Any]) -> Route:
 OPENAPI_PATHS: dict[str, Any] = {
     "/openapi.json": {
         "get": {
+            "operationId": "openapi",
             "summary": "This document",
             "tags": ["meta"],
             "responses": {

@@ -55,6 +55,7 @@ ROUTES = [Route("/api/v1/admin/audit", admin_endpoint(list_audit), methods=["GET
 OPENAPI_PATHS: dict[str, Any] = {
     "/api/v1/admin/audit": {
         "get": {
+            "operationId": "listAuditLog",
             "summary": "Newest audit rows (who changed what, from where, in which request)",
             "tags": ["admin"],
             "security": SECURITY,

@@ -97,6 +97,7 @@ _UNAUTHENTICATED = _error("missing, malformed, unknown, expired or revoked beare
 OPENAPI_PATHS: dict[str, Any] = {
     "/api/v1/auth/login": {
         "post": {
+            "operationId": "login",
             "summary": "Log in with password and TOTP code; returns an opaque bearer token",
             "description": (
                 "One generic 401 `invalid_credentials` for a wrong email, password or code; a TOTP "
@@ -148,6 +149,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                     },
                 },
                 "400": _error("body is not a JSON object with string email, password and totp_code"),
+                "413": _error("body over 1 MiB (`payload_too_large`)"),
                 "401": _error("`invalid_credentials`"),
                 "429": _error("`locked` (account) or `rate_limited` (client IP)"),
                 "503": _error("database unavailable or MFA not configured"),
@@ -156,6 +158,7 @@ OPENAPI_PATHS: dict[str, Any] = {
     },
     "/api/v1/auth/logout": {
         "post": {
+            "operationId": "logout",
             "summary": "Revoke the session of the bearer token",
             "tags": ["auth"],
             "security": [{"bearer": []}],
@@ -168,6 +171,7 @@ OPENAPI_PATHS: dict[str, Any] = {
     },
     "/api/v1/admin/whoami": {
         "get": {
+            "operationId": "whoami",
             "summary": "The admin behind the bearer token",
             "tags": ["admin"],
             "security": [{"bearer": []}],

@@ -244,13 +244,21 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"summary": summary, "tags": ["dlq"], "security": SECURITY, "responses": responses, **extra}
+def _op(operation_id: str, summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": ["dlq"],
+        "security": SECURITY,
+        "responses": responses,
+        **extra,
+    }
 
 
 OPENAPI_PATHS: dict[str, Any] = {
     BASE: {
         "get": _op(
+            "listDlqEntries",
             "List DLQ entries, newest first (keyset pagination)",
             {
                 "200": _json(
@@ -278,6 +286,7 @@ OPENAPI_PATHS: dict[str, Any] = {
     },
     f"{BASE}/groups": {
         "get": _op(
+            "listDlqGroups",
             "Failures grouped by fingerprint (unresolved by default)",
             {
                 "200": _json(
@@ -291,6 +300,7 @@ OPENAPI_PATHS: dict[str, Any] = {
     },
     f"{BASE}/retry": {
         "post": _op(
+            "bulkRetryDlqEntries",
             "Bulk redrive by ids or by queue + fingerprint; each entry exactly once",
             {
                 "202": _json(
@@ -304,7 +314,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                     },
                     "re-enqueued",
                 ),
-                **error_responses("400", "401", "403", "503"),
+                **error_responses("400", "401", "403", "413", "503"),
             },
             requestBody={
                 "required": True,
@@ -327,6 +337,7 @@ OPENAPI_PATHS: dict[str, Any] = {
     },
     f"{BASE}/rejected": {
         "get": _op(
+            "listRejectedDlqRecords",
             "DLQ records Postgres refused (kept in Redis for an operator), newest first",
             {
                 "200": _json(
@@ -359,6 +370,7 @@ OPENAPI_PATHS: dict[str, Any] = {
     },
     BASE + "/{entry_id}": {
         "get": _op(
+            "getDlqEntry",
             "One DLQ entry with payload and stack trace",
             {"200": _json(DETAIL_SCHEMA, "the entry"), **error_responses("400", "401", "403", "404", "503")},
             parameters=[_ID_PARAM],
@@ -366,23 +378,25 @@ OPENAPI_PATHS: dict[str, Any] = {
     },
     BASE + "/{entry_id}/retry": {
         "post": _op(
+            "retryDlqEntry",
             "Re-enqueue the original call on its queue, exactly once",
             {
                 "202": _json(
                     {"type": "object", "required": ["job_id"], "properties": {"job_id": {"type": "string"}}},
                     "re-enqueued",
                 ),
-                **error_responses("400", "401", "403", "404", "409", "503"),
+                **error_responses("400", "401", "403", "404", "409", "413", "503"),
             },
             parameters=[_ID_PARAM],
         )
     },
     BASE + "/{entry_id}/resolve": {
         "post": _op(
+            "resolveDlqEntry",
             "Mark resolved by hand, with an optional note",
             {
                 "200": _json(DETAIL_SCHEMA, "the resolved entry"),
-                **error_responses("400", "401", "403", "404", "409"),
+                **error_responses("400", "401", "403", "404", "409", "413", "503"),
             },
             parameters=[_ID_PARAM],
             requestBody={

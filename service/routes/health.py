@@ -46,6 +46,7 @@ _HEALTH_SCHEMA: dict[str, Any] = {
 OPENAPI_PATHS: dict[str, Any] = {
     "/health/live": {
         "get": {
+            "operationId": "liveness",
             "summary": "Liveness: the event loop answers (no I/O)",
             "tags": ["probes"],
             "responses": {
@@ -55,6 +56,7 @@ OPENAPI_PATHS: dict[str, Any] = {
     },
     "/health/ready": {
         "get": {
+            "operationId": "readiness",
             "summary": "Readiness: Postgres, Redis and worker heartbeats (IETF health+json)",
             "tags": ["probes"],
             "responses": {

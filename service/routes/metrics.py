@@ -55,6 +55,7 @@ ROUTES = [Route("/metrics", metrics_endpoint, methods=["GET"])]
 OPENAPI_PATHS: dict[str, Any] = {
     "/metrics": {
         "get": {
+            "operationId": "metrics",
             "summary": "Prometheus metrics (text exposition format 0.0.4)",
             "tags": ["probes"],
             "responses": {

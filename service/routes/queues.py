@@ -51,6 +51,7 @@ QUEUE_SCHEMA: dict[str, Any] = {
 OPENAPI_PATHS: dict[str, Any] = {
     "/api/v1/admin/queues": {
         "get": {
+            "operationId": "listQueues",
             "summary": "Queue depth, activity and failures for the three job queues",
             "tags": ["admin"],
             "security": SECURITY,
@@ -67,7 +68,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                         }
                     },
                 },
-                **error_responses("401", "403", "503"),
+                **error_responses("400", "401", "403", "503"),
             },
         }
     }
