@@ -103,7 +103,7 @@ class FmhlWorker(Worker):
 
     async def _wait_for_redis(self) -> None:
         """arq's ``main`` dials Redis first and dies if it is down: wait (alive, logging) instead."""
-        while True:
+        while self._pool is not None:  # None: arq dials its own pool in ``main``
             try:
                 await self.pool.ping()
                 return

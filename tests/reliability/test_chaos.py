@@ -209,6 +209,7 @@ async def test_chaos_nothing_lost_nothing_twice() -> None:
                 assert not fleet.unexpected_exits(), fleet.unexpected_exits()
                 spool = Proc(["cron", "run", "drain_dlq_spool"], env).start()
                 assert spool.wait(timeout=60) == 0, spool.output()
+                print(f"\nchaos: spool drained at the end: {spool.output().strip().splitlines()[-1]}")
                 assert await redis.llen(DLQ_SPOOL_KEY) == 0 and await redis.llen(DLQ_SPOOL_INFLIGHT_KEY) == 0
                 results = await _arq_results(redis, jobs)
             finally:
