@@ -58,6 +58,7 @@ class Binary:
     argv: Sequence[str]
     name: str
     env: Mapping[str, str] | None = None
+    cwd: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     _out: IO[bytes] | None = field(default=None, repr=False)
 
@@ -66,6 +67,7 @@ class Binary:
         self.process = subprocess.Popen(
             list(self.argv),
             env=dict(self.env) if self.env is not None else None,
+            cwd=self.cwd,
             stdout=self._out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -2,10 +2,12 @@
 
 ``/root/fmhl-ops`` is the typical case: ``/root`` is 0700, so the unprivileged ``pgserver`` user
 that runs the embedded Postgres can reach neither the binaries in ``.venv`` nor ``.run/``. Here
-a 0700 directory under the test's tmp path stands in for ``/root``; the repository is cloned into
-it and pgserver's wheel (binaries and bundled libs) is copied into the clone's own site dir, which
-comes first on ``PYTHONPATH``: the clone's code runs with the clone's binaries, as after
-``make run`` there, without building a second venv. Nothing may chmod the 0700 directory.
+a 0700 directory under a temp dir stands in for ``/root``; the repository is cloned into it and
+the clone's own Makefile builds its ``.venv`` (``make .venv/.embedded``, what ``make run`` does
+first, from pip's cache or index). Then: ``make run`` itself to a ready ``/health/ready`` and
+back down with Ctrl-C; the embedded Postgres in process; the test suite's own embedded backends
+(pytest from the clone, its site-packages first on ``PYTHONPATH``). Nothing may chmod the 0700
+directory.
 """
 
 from __future__ import annotations
@@ -25,28 +27,35 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
 from cli import embedded
 from cli.embedded import EmbeddedPostgres, EmbeddedServerError, free_port
 from shared.infra.migrations import migrate
+from tests.e2e.alerting_support import Binary, wait_until
 from tests.infra import docker_engine_available
-from tests.procs import Proc, base_env, wait_http
+from tests.procs import base_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("git") is None, reason="the root-only checkout case needs root and git"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("git") is None or shutil.which("make") is None,
+        reason="the root-only checkout case needs root, git and make",
+    ),
+    pytest.mark.timeout(300),  # the first test also builds the clone's .venv
+]
 
 
 @dataclass
 class Checkout:
     locked: Path  # mode 0700, owned by root: stands in for /root
     clone: Path
-    site: Path  # the clone's site-packages holding pgserver
+    site: Path  # the clone's .venv site-packages, holding pgserver
 
     @property
     def bin_dir(self) -> Path:
@@ -54,9 +63,15 @@ class Checkout:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = base_env(PYTHONPATH=f"{self.site}{os.pathsep}{self.clone}", **extra)
-        for name in ("TEST_DATABASE_URL", "TEST_REDIS_URL"):
+        for name in ("TEST_DATABASE_URL", "TEST_REDIS_URL", "VIRTUAL_ENV"):
             env.pop(name, None)  # the embedded servers are what this is about
         return env
+
+
+def _base_python() -> str:
+    """The interpreter this venv was made from: the clone's venv must match it (compiled wheels)."""
+    candidate = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    return str(candidate) if candidate.exists() else sys.executable
 
 
 @pytest.fixture(scope="module")
@@ -67,20 +82,21 @@ def checkout() -> Iterator[Checkout]:
         locked.mkdir(mode=0o700)
         clone = locked / "fmhl-ops"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, capture_output=True)
-        spec = importlib.util.find_spec("pgserver")
-        assert spec is not None and spec.submodule_search_locations
-        package = Path(next(iter(spec.submodule_search_locations)))
-        site = (
-            clone
-            / ".venv"
-            / "lib"
-            / f"python{sys.version_info.major}.{sys.version_info.minor}"
-            / "site-packages"
+        started = time.monotonic()
+        env = {k: v for k, v in base_env().items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+        venv = subprocess.run(
+            ["make", ".venv/.embedded", f"PYTHON={_base_python()}"],
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=280,
+            check=False,
         )
-        site.mkdir(parents=True)
-        shutil.copytree(package, site / "pgserver", ignore=shutil.ignore_patterns("include", "__pycache__"))
-        if (package.parent / "pgserver.libs").is_dir():
-            shutil.copytree(package.parent / "pgserver.libs", site / "pgserver.libs")
+        assert venv.returncode == 0, venv.stdout[-3000:] + venv.stderr[-3000:]
+        print(f"make .venv/.embedded in the root-only clone: {time.monotonic() - started:.1f}s")
+        site = next(clone.glob(".venv/lib/python*/site-packages"))
+        assert (site / "pgserver" / "pginstall" / "bin" / "postgres").exists()
         yield Checkout(locked=locked, clone=clone, site=site)
         assert stat.S_IMODE(locked.stat().st_mode) == 0o700, "nothing may open up the root-only directory"
     finally:
@@ -182,46 +198,55 @@ def test_a_shared_copy_someone_else_could_write_is_refused(
 
 
 def test_make_run_from_the_root_only_checkout(checkout: Checkout) -> None:
-    """``fmhl-ops dev`` (what ``make run`` starts) from the clone: ready, then stops everything."""
-    probe = subprocess.run(
-        [sys.executable, "-c", "import cli.embedded as e; print(e.__file__); print(e._postgres_bin())"],
-        env=checkout.env(),
-        cwd="/",
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    module_file, bin_dir = probe.stdout.split()
-    assert Path(module_file).is_relative_to(checkout.clone) and Path(bin_dir) == checkout.bin_dir
+    """``make run`` in the clone: ready, runs Postgres from the shared copy, Ctrl-C stops it all."""
     port = free_port()
     data_dir = checkout.clone / ".run" / "postgres"
-    proc = Proc(
-        ["dev", "--host", "127.0.0.1", "--port", str(port)], checkout.env(), cwd=str(checkout.clone)
-    ).start()
+    env = {k: v for k, v in base_env().items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    make = Binary(
+        ["make", "run", f"RUN_ARGS=--host 127.0.0.1 --port {port}"], "make run", env, cwd=checkout.clone
+    )
+    make.start()
     pgdata: Path | None = None
     try:
         started = time.monotonic()
-        ready = wait_http(f"http://127.0.0.1:{port}/health/ready", timeout=90, proc=proc)
-        took = time.monotonic() - started
-        print(f"make run from a root-only checkout: ready in {took:.1f}s")
-        assert ready.json()["checks"]["postgres:responseTime"][0]["status"] == "pass"
+        ready = wait_until(
+            lambda: _ready(port, make),
+            timeout=120,
+            what="make run to answer /health/ready",
+            detail=lambda: make.output()[-4000:],
+        )
+        print(f"make run from a root-only checkout: ready in {time.monotonic() - started:.1f}s")
+        assert ready["checks"]["postgres:responseTime"][0]["status"] == "pass"
         pgdata = data_dir.resolve()
         postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
         assert _uid_of(postmaster) == _pgserver_user().pw_uid
         exe = os.readlink(f"/proc/{postmaster}/exe")
         assert exe.startswith(str(embedded.SHARED_ROOT / "fmhl-ops-pgserver-")), exe
-        proc.signal(signal.SIGINT)  # Ctrl-C
-        assert proc.wait(timeout=40) in (0, 130), proc.output()[-3000:]
+        assert f"serving on http://127.0.0.1:{port}" in make.output()
     finally:
-        if proc.process is not None and proc.process.poll() is None:
-            proc.signal(signal.SIGINT)  # Ctrl-C, as a person stops it: dev stops what it started
+        if make.running():
+            os.killpg(make.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's whole process group
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=30)
-        proc.stop(timeout=30)
+                assert make.process is not None
+                make.process.wait(timeout=40)
+        make.stop(timeout=10)
         orphan = _stop_postmaster(data_dir)  # only if dev died before stopping it (test interrupted)
         EmbeddedPostgres(data_dir).destroy()  # the dev data lives outside the clone: remove it too
-    assert orphan is None, f"fmhl-ops dev left its Postgres (pid {orphan}) running"
+    assert orphan is None, f"make run left its Postgres (pid {orphan}) running:\n{make.output()[-3000:]}"
     assert pgdata is not None and _processes_mentioning(str(pgdata), str(checkout.clone)) == []
+
+
+def _ready(port: int, make: Binary) -> dict[str, Any] | None:
+    if not make.running():
+        raise AssertionError(
+            f"make run exited {make.process and make.process.returncode}:\n{make.output()[-4000:]}"
+        )
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2)
+    except httpx.HTTPError:
+        return None
+    body: dict[str, Any] = response.json()
+    return body if response.status_code == 200 else None
 
 
 def _stop_postmaster(data_dir: Path) -> int | None:
@@ -239,7 +264,6 @@ def _stop_postmaster(data_dir: Path) -> int | None:
     return pid
 
 
-@pytest.mark.timeout(240)
 def test_make_test_from_the_root_only_checkout(checkout: Checkout) -> None:
     """The test suite's own backends from the clone: embedded servers when no URL and no Docker."""
     started = time.monotonic()
