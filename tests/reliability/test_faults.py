@@ -26,6 +26,7 @@ from cli.embedded import free_port
 from shared.infra.db import init_connection
 from shared.infra.redis import create_redis
 from shared.jobs.enqueue import enqueue
+from shared.jobs.heartbeat import HEARTBEAT_INTERVAL_SECONDS, read_heartbeats
 from shared.jobs.queues import EMAIL_SEND
 from tests.factories import create_admin, create_admin_session
 from tests.helpers import signal_tree
@@ -223,6 +224,21 @@ async def _all_jobs_done(stack: Stack) -> tuple[int, int]:
     return int(sent), int(captured)
 
 
+async def _ongoing_jobs_when_idle(stack: Stack) -> int:
+    """The worker's own count of running jobs (its heartbeat) once it has nothing to do."""
+    redis = create_redis(stack.servers.redis_url, timeout_seconds=2)
+    since = time.time()
+    try:
+
+        async def fresh_beat() -> bool:
+            return any(b.last_beat > since for b in await read_heartbeats(redis))
+
+        await wait_until(fresh_beat, HEARTBEAT_INTERVAL_SECONDS * 3, "a heartbeat from the idle worker")
+        return max(b.ongoing_jobs for b in await read_heartbeats(redis) if b.last_beat > since)
+    finally:
+        await redis.aclose()
+
+
 async def _outage(
     stack: Stack,
     name: str,
@@ -243,6 +259,7 @@ async def _outage(
         recovery = await _first_ready_after(stack, t_up, RECOVERY_LIMIT_SECONDS)
         await asyncio.sleep(2.0)
     sent, captured = await _all_jobs_done(stack)
+    idle_ongoing = await _ongoing_jobs_when_idle(stack)
     # Requests sent and answered while the dependency was down (not one straddling an edge).
     during = lambda route: [  # noqa: E731
         s for s in _window(stack, route, t_down + 0.1, t_restart) if s.started + s.seconds <= t_restart
@@ -260,7 +277,8 @@ async def _outage(
         f"{name}: admin calls during fault {summary([s.seconds for r in ADMIN for s in during(r)])}\n"
         f"{name}: all statuses {statuses}\n"
         f"{name}: enqueued={len(stack.enqueued)} (failed calls retried {stack.enqueue_retries}) sent={sent} "
-        f"captured={captured} missing={len(stack.enqueued) - sent - captured}"
+        f"captured={captured} missing={len(stack.enqueued) - sent - captured}; "
+        f"idle worker's heartbeat: ongoing jobs={idle_ongoing}"
     )
     assert stack.worker.process is not None and stack.worker.process.poll() is None, stack.worker.output()[
         -3000:
@@ -277,6 +295,7 @@ async def _outage(
     assert set(statuses["live"]) == {"200"} and set(statuses["worker_live"]) == {"200"}
     assert max(fault_latency) < HEALTH_TIMEOUT_SECONDS + 2.0  # bounded by the check timeout, never a hang
     assert sent + captured == len(stack.enqueued) > 50
+    assert idle_ongoing == 0  # no job slot leaked by the outage: the worker can still take max_jobs
 
 
 def _during_fault(stack: Stack, route: str) -> Counter[str]:
