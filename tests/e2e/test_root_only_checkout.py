@@ -84,16 +84,10 @@ def checkout() -> Iterator[Checkout]:
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, capture_output=True)
         started = time.monotonic()
         env = {k: v for k, v in base_env().items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-        venv = subprocess.run(
-            ["make", ".venv/.embedded", f"PYTHON={_base_python()}"],
-            cwd=clone,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=280,
-            check=False,
+        code, output = _run_group(
+            ["make", ".venv/.embedded", f"PYTHON={_base_python()}"], cwd=clone, env=env, timeout=280
         )
-        assert venv.returncode == 0, venv.stdout[-3000:] + venv.stderr[-3000:]
+        assert code == 0, output[-4000:]
         print(f"make .venv/.embedded in the root-only clone: {time.monotonic() - started:.1f}s")
         site = next(clone.glob(".venv/lib/python*/site-packages"))
         assert (site / "pgserver" / "pginstall" / "bin" / "postgres").exists()
@@ -101,6 +95,33 @@ def checkout() -> Iterator[Checkout]:
         assert stat.S_IMODE(locked.stat().st_mode) == 0o700, "nothing may open up the root-only directory"
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _run_group(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """Run ``argv`` in its own process group; on Ctrl-C or timeout the whole group gets SIGINT
+    (then SIGKILL), so neither make's pip nor an inner pytest's servers outlive the test."""
+    child = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = child.communicate(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGINT)
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        raise
+    return child.returncode, output
 
 
 def _pgserver_user() -> pwd.struct_passwd:
@@ -275,27 +296,11 @@ def test_make_test_from_the_root_only_checkout(checkout: Checkout) -> None:
         "-k",
         "fresh_database",
     ]
-    inner = subprocess.Popen(
-        [sys.executable, "-m", "pytest", *inner_args],
-        env=checkout.env(),
-        cwd=checkout.clone,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    code, output = _run_group(
+        [sys.executable, "-m", "pytest", *inner_args], cwd=checkout.clone, env=checkout.env(), timeout=200
     )
-    try:
-        output, _ = inner.communicate(timeout=200)
-    except BaseException:  # Ctrl-C or timeout: let the inner run stop its own servers first
-        os.killpg(inner.pid, signal.SIGINT)
-        try:
-            inner.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(inner.pid, signal.SIGKILL)
-            inner.wait()
-        raise
     took = time.monotonic() - started
     source = "testcontainers" if docker_engine_available() else "embedded"
-    print(f"pytest in the root-only clone ({source} backends): rc {inner.returncode} in {took:.1f}s")
-    assert inner.returncode == 0, output[-4000:]
+    print(f"pytest in the root-only clone ({source} backends): rc {code} in {took:.1f}s")
+    assert code == 0, output[-4000:]
     assert "1 passed" in output
