@@ -106,6 +106,8 @@ def run_dev(settings: Settings, *, host: str, port: int, demo: bool = False) -> 
             started.append(redis)
             settings = dataclasses.replace(settings, redis_url=redis.url)
             print(f"started embedded Redis (pid {_pid(redis)}) at {redis.url}")
+        # Plain HTTP on 127.0.0.1: the console's cookie may drop Secure here (and only here).
+        settings = dataclasses.replace(settings, console_insecure_cookies=True)
         if settings.mfa_encryption_key is None:
             settings = dataclasses.replace(settings, mfa_encryption_key=_dev_mfa_key(run_dir))
             print(f"MFA_ENCRYPTION_KEY not set: using the dev key in {run_dir / 'mfa.key'}")

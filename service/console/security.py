@@ -3,10 +3,12 @@
 * Session: the cookie holds the same opaque token an API login returns (``shared.auth.login``
   opens an ``admin_sessions`` row storing only its SHA-256), so lockout, TOTP replay guard,
   expiry, revocation and audit are the API's. ``HttpOnly``, ``SameSite=Strict``, ``Path=/``
-  and ``Secure`` — except when the request itself arrived over plain HTTP on a loopback host
-  (``127.0.0.1``, ``::1``, ``localhost``): ``make run`` and the browser tests, where a Secure
-  cookie would never be sent back. Anywhere else the cookie is Secure, so a deployment behind a
-  TLS ingress works unchanged (the browser sees https).
+  and ``Secure`` — except when ``CONSOLE_INSECURE_COOKIES=1`` is set explicitly (``fmhl-ops
+  dev`` sets it) *and* the request itself arrived over plain HTTP on a loopback host
+  (``127.0.0.1``, ``::1``, ``localhost``), where a Secure cookie would never be sent back. Both
+  are needed: a proxy on the same host may well forward with ``Host: 127.0.0.1``, so the request
+  alone must not decide. Anywhere else the cookie is Secure, so a deployment behind a TLS
+  ingress works unchanged (the browser sees https).
 * CSRF: every form of a signed-in page carries ``csrf_token`` = HMAC-SHA256 of the session's
   token hash under a server key (derived from ``MFA_ENCRYPTION_KEY``). Nothing to store, bound
   to the session, useless after sign-out; checked on every POST before anything else happens.
@@ -82,7 +84,13 @@ def is_plain_http_loopback(request: Request) -> bool:
     return request.url.scheme == "http" and (request.url.hostname or "") in LOOPBACK_HOSTS
 
 
-def set_session_cookie(response: Response, request: Request, token: str, max_age: int) -> None:
+def cookie_secure(request: Request, *, allow_insecure: bool) -> bool:
+    return not (allow_insecure and is_plain_http_loopback(request))
+
+
+def set_session_cookie(
+    response: Response, request: Request, token: str, max_age: int, *, allow_insecure: bool
+) -> None:
     response.set_cookie(
         SESSION_COOKIE,
         token,
@@ -90,13 +98,17 @@ def set_session_cookie(response: Response, request: Request, token: str, max_age
         path="/",
         httponly=True,
         samesite="strict",
-        secure=not is_plain_http_loopback(request),
+        secure=cookie_secure(request, allow_insecure=allow_insecure),
     )
 
 
-def clear_session_cookie(response: Response, request: Request) -> None:
+def clear_session_cookie(response: Response, request: Request, *, allow_insecure: bool) -> None:
     response.delete_cookie(
-        SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=not is_plain_http_loopback(request)
+        SESSION_COOKIE,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=cookie_secure(request, allow_insecure=allow_insecure),
     )
 
 
@@ -104,7 +116,7 @@ def new_signin_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def set_signin_cookie(response: Response, request: Request, value: str) -> None:
+def set_signin_cookie(response: Response, request: Request, value: str, *, allow_insecure: bool) -> None:
     response.set_cookie(
         SIGNIN_COOKIE,
         value,
@@ -112,7 +124,7 @@ def set_signin_cookie(response: Response, request: Request, value: str) -> None:
         path="/console/sign-in",
         httponly=True,
         samesite="strict",
-        secure=not is_plain_http_loopback(request),
+        secure=cookie_secure(request, allow_insecure=allow_insecure),
     )
 
 

@@ -51,7 +51,9 @@ def _form_page(
         {"signin_token": token, "next_url": next_url, "email": email, "error": error},
         status=status,
     )
-    set_signin_cookie(response, request, token)
+    set_signin_cookie(
+        response, request, token, allow_insecure=app_state(request).settings.console_insecure_cookies
+    )
     return response
 
 
@@ -120,7 +122,13 @@ async def sign_in(request: Request) -> Response:
     except Exception as exc:
         return await handle_failure(request, exc, None)
     response = redirect(next_url)
-    set_session_cookie(response, request, result.session.token, state.settings.session_ttl_seconds)
+    set_session_cookie(
+        response,
+        request,
+        result.session.token,
+        state.settings.session_ttl_seconds,
+        allow_insecure=state.settings.console_insecure_cookies,
+    )
     response.delete_cookie(SIGNIN_COOKIE, path="/console/sign-in")
     return response
 
@@ -131,7 +139,9 @@ async def sign_out(request: Request, user: ConsoleUser) -> Response:
             conn, session_id=user.session_id, user_id=user.user_id, email=user.email, ip=client_ip(request)
         )
     response = redirect("/console/sign-in")
-    clear_session_cookie(response, request)
+    clear_session_cookie(
+        response, request, allow_insecure=app_state(request).settings.console_insecure_cookies
+    )
     return response
 
 

@@ -60,6 +60,9 @@ class Settings:
     worker_max_jobs: int = DEFAULT_WORKER_MAX_JOBS
     worker_poll_delay_seconds: float = DEFAULT_WORKER_POLL_DELAY_SECONDS
     worker_queues: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The console's session cookie drops ``Secure`` only when this is set AND a request arrives over
+    # plain HTTP on a loopback host (``fmhl-ops dev`` sets it; see service/console/security.py).
+    console_insecure_cookies: bool = False
 
     def max_jobs_for(self, queue: str) -> int:
         return int(self.worker_queues.get(queue, {}).get("max_jobs", self.worker_max_jobs))
@@ -230,6 +233,13 @@ def _worker_queues(raw: str) -> dict[str, dict[str, Any]]:
     return queues
 
 
+def _flag(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered not in ("1", "0", "true", "false", "yes", "no"):
+        raise ValueError(raw)
+    return lowered in ("1", "true", "yes")
+
+
 def _poll_delay(raw: str) -> float:
     value = float(raw)
     if not 0 <= value <= 60:
@@ -289,6 +299,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             _worker_queues,
             'JSON like {"report_export": {"max_jobs": 4, "poll_delay_seconds": 1}}',
             {},
+        ),
+        console_insecure_cookies=_parse(
+            e, "CONSOLE_INSECURE_COOKIES", _flag, "1 or 0 (true/false, yes/no)", False
         ),
         cron_schedules=_parse(
             e, "CRON_SCHEDULES", _cron_schedules, 'JSON like {"cleanup_dlq": {"hour": 1, "minute": 0}}', {}

@@ -76,7 +76,10 @@ def _create_account(env: dict[str, str], email: str, role: str) -> pyotp.TOTP:
 @pytest.fixture
 async def stack(database_url: str, redis_url: str, clean_db: Any, redis: Any) -> AsyncIterator[Stack]:
     env = base_env(
-        DATABASE_URL=database_url, REDIS_URL=redis_url, MFA_ENCRYPTION_KEY=Fernet.generate_key().decode()
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        MFA_ENCRYPTION_KEY=Fernet.generate_key().decode(),
+        CONSOLE_INSECURE_COOKIES="1",  # plain HTTP on 127.0.0.1 (a Secure cookie would never return)
     )
     admin_totp, support_totp = await asyncio.gather(
         asyncio.to_thread(_create_account, env, "oncall@example.test", "admin"),

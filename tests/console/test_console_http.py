@@ -69,7 +69,10 @@ async def console_client(
 
 @pytest.fixture
 def keyed(settings: Settings) -> Settings:
-    return dataclasses.replace(settings, mfa_encryption_key=Fernet.generate_key().decode())
+    """As ``fmhl-ops dev`` runs: plain HTTP on 127.0.0.1 with ``CONSOLE_INSECURE_COOKIES`` set."""
+    return dataclasses.replace(
+        settings, mfa_encryption_key=Fernet.generate_key().decode(), console_insecure_cookies=True
+    )
 
 
 @pytest.fixture
@@ -219,12 +222,17 @@ async def test_wrong_code_is_one_generic_error(keyed: Settings, clean_db: Any, r
         assert huge.status_code == 400 and "too long" in huge.text
 
 
-async def test_cookie_is_secure_unless_plain_http_on_loopback(
-    keyed: Settings, clean_db: Any, redis: Any
+@pytest.mark.parametrize(
+    ("base_url", "insecure_allowed"),
+    [("http://console.example.test", True), ("http://127.0.0.1:8000", False)],
+)
+async def test_cookie_is_secure_unless_allowed_and_plain_http_on_loopback(
+    keyed: Settings, clean_db: Any, redis: Any, base_url: str, insecure_allowed: bool
 ) -> None:
     assert keyed.mfa_encryption_key
     admin = await create_admin(clean_db, mfa_encryption_key=keyed.mfa_encryption_key)
-    async with console_client(keyed, base_url="http://console.example.test") as client:
+    settings = dataclasses.replace(keyed, console_insecure_cookies=insecure_allowed)
+    async with console_client(settings, base_url=base_url) as client:
         form = await client.get("/console/sign-in")
         assert "Secure" in form.headers["set-cookie"]
         token = re.search(r'name="signin_token" value="([^"]+)"', form.text)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from starlette.requests import Request
 
 from service.console.render import STATIC, _span
-from service.console.security import csrf_key, csrf_matches, csrf_token, is_plain_http_loopback
+from service.console.security import cookie_secure, csrf_key, csrf_matches, csrf_token
 from service.console.signin import _safe_next
+from shared.infra.config import ConfigError, load_settings
 from shared.jobs.cron_runs import CRON_JOB_NAMES, manual_run_job_id
 from worker.cron import CRON_NAMES, tick_of
 
@@ -54,11 +56,19 @@ def _request(url: str) -> Request:
     )
 
 
-def test_the_cookie_drops_secure_only_for_plain_http_on_loopback() -> None:
-    assert is_plain_http_loopback(_request("http://127.0.0.1:8000/console"))
-    assert is_plain_http_loopback(_request("http://localhost:8000/console"))
-    assert not is_plain_http_loopback(_request("https://127.0.0.1/console"))
-    assert not is_plain_http_loopback(_request("http://ops.example.test/console"))
+def test_the_cookie_drops_secure_only_when_allowed_and_plain_http_on_loopback() -> None:
+    for url in ("http://127.0.0.1:8000/console", "http://localhost:8000/console", "http://[::1]:8000/c"):
+        assert not cookie_secure(_request(url), allow_insecure=True), url
+        assert cookie_secure(_request(url), allow_insecure=False), url  # not without the setting
+    assert cookie_secure(_request("https://127.0.0.1/console"), allow_insecure=True)
+    assert cookie_secure(_request("http://ops.example.test/console"), allow_insecure=True)
+
+
+def test_console_insecure_cookies_is_an_explicit_flag() -> None:
+    assert load_settings({}).console_insecure_cookies is False
+    assert load_settings({"CONSOLE_INSECURE_COOKIES": "1"}).console_insecure_cookies is True
+    with pytest.raises(ConfigError, match="CONSOLE_INSECURE_COOKIES"):
+        load_settings({"CONSOLE_INSECURE_COOKIES": "maybe"})
 
 
 def test_spans_read_like_a_human_wrote_them() -> None:
