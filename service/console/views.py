@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import asyncpg
 from loguru import logger
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -134,6 +135,11 @@ def error_page(request: Request, status: int, title: str, message: str, user: Co
 async def handle_failure(request: Request, exc: Exception, user: ConsoleUser | None) -> Response:
     if is_dependency_error(exc):
         return await unavailable_page(request, exc, user)
+    if isinstance(exc, HTTPException):  # e.g. a malformed form body (400) from Starlette's parser
+        message = (
+            exc.detail if isinstance(exc.detail, str) and exc.detail else "The request was not accepted."
+        )
+        return error_page(request, exc.status_code, "Request refused", message, user)
     if isinstance(exc, errors.DomainError):
         for cls, status, title in STATUS_BY_ERROR:
             if isinstance(exc, cls):

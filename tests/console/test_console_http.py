@@ -272,6 +272,12 @@ async def test_post_without_a_valid_csrf_token_is_403_and_changes_nothing(consol
     assert "Entry resolved." in page.text and "dlq.resolve" in page.text  # notice + audit history
     again = await console.client.post(f"/console/dlq/{entry_id}/resolve", data={"csrf_token": csrf})
     assert again.status_code == 409
+    broken = await console.client.post(
+        f"/console/dlq/{entry_id}/resolve",
+        content=b"--x\r\nnot a part",
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )
+    assert broken.status_code in (400, 403) and "Traceback" not in broken.text
 
 
 async def test_support_sees_every_page_without_action_controls_and_a_forged_post_is_403(
