@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import jsonschema
@@ -140,6 +141,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(target: FuzzTarget) -
     statuses: Counter[int] = Counter()
     per_operation: Counter[str] = Counter()
     failures: list[str] = []
+    neutralised = 0
     started = time.perf_counter()
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -153,6 +155,9 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(target: FuzzTarget) -
                 try:
                     case.validate_response(response, checks=checks, headers=headers)
                 except Exception as exc:
+                    if _only_our_override_made_it_valid(exc, operation.definition.raw, response):
+                        neutralised += 1
+                        continue
                     failures.append(
                         f"{operation.label} [{mode.value}] -> {response.status_code}: {str(exc)[:400]}"
                     )
@@ -160,7 +165,8 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(target: FuzzTarget) -
     total = sum(statuses.values())
     print(
         f"\nschemathesis: {total} cases over {len(per_operation)} operations in {elapsed:.1f}s; "
-        f"statuses {dict(sorted(statuses.items()))}; {len(failures)} failures"
+        f"statuses {dict(sorted(statuses.items()))}; {len(failures)} failures "
+        f"({neutralised} negative cases made valid by our Authorization header, not counted)"
     )
     for failure in failures[:10]:
         print("  ", failure)
@@ -171,6 +177,21 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(target: FuzzTarget) -
     assert total >= MIN_CASES
     assert not [s for s in statuses if s >= 500]
     assert not failures
+
+
+def _only_our_override_made_it_valid(exc: BaseException, operation: dict[str, Any], response: Any) -> bool:
+    """A negative case whose only violations were a missing ``Authorization`` header (we always send
+    one) and a query parameter the HTTP client dropped: the request that was sent is valid, so
+    "negative data accepted" is about the case, not the server. Checked on the request as sent."""
+    inner = getattr(exc, "exceptions", None) or [exc]
+    if not all(type(e).__name__ == "AcceptedNegativeData" for e in inner):
+        return False
+    request = response.request
+    if request.body:
+        return False
+    declared = {p["name"]: p["schema"] for p in operation.get("parameters", []) if p["in"] == "query"}
+    query = parse_qsl(urlsplit(str(request.url)).query, keep_blank_values=True)
+    return all(name in declared and _conforms(value, declared[name]) for name, value in query)
 
 
 # -- explicit hostile values -------------------------------------------------------------------
