@@ -86,3 +86,22 @@ def test_vendored_assets_carry_version_and_licence() -> None:
     for name in ("htmx-2.0.11", "swagger-ui-5.35.0"):
         assert (vendor / name / "LICENSE").stat().st_size > 100
         assert name.split("-")[-1] in (vendor / name / "VERSION").read_text()
+
+
+def test_the_console_ships_in_the_wheel_with_every_template_and_asset() -> None:
+    """A namespace directory (no ``__init__``) or a file outside package-data would be missing
+    from the image, which installs the wheel, not the checkout."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    console = root / "service" / "console"
+    assert (console / "__init__.py").is_file()
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "service.console"
+    ]
+    shipped = [p.relative_to(console).as_posix() for p in console.rglob("*") if p.is_file()]
+    data = [f for f in shipped if not f.endswith((".py", ".pyc")) and "__pycache__" not in f]
+    assert len(data) > 20
+    missing = [f for f in data if not any(fnmatch.fnmatch(f, pattern) for pattern in patterns)]
+    assert not missing, missing
