@@ -354,6 +354,11 @@ OPENAPI_PATHS: dict[str, Any] = {
                                         "rejected_at": {"type": ["string", "null"]},
                                         "error": {"type": "string"},
                                         "record": {},
+                                        "record_truncated": {
+                                            "type": "boolean",
+                                            "description": "args, kwargs and stack trace left out "
+                                            "of this listing (over 64 KiB); the whole record stays in Redis",
+                                        },
                                     },
                                 },
                             },

@@ -31,6 +31,8 @@ from shared.infra.redis import DLQ_SPOOL_REJECTED_KEY, RedisClient
 # deadlock), system error.
 _TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "53", "57", "40", "58"})
 MAX_LISTED = 100
+MAX_LISTED_BYTES = 64 * 1024
+_BULKY_FIELDS = frozenset({"args", "kwargs", "stack_trace", "extra"})
 MAX_ERROR_TEXT = 2000
 
 
@@ -84,5 +86,12 @@ async def newest_rejected(redis: RedisClient, limit: int = MAX_LISTED) -> tuple[
             entry = orjson.loads(payload)
         except orjson.JSONDecodeError:
             entry = {"rejected_at": None, "error": "unreadable entry", "record": None}
-        entries.append(entry if isinstance(entry, dict) else {"record": entry})
+        if not isinstance(entry, dict):
+            entry = {"record": entry}
+        record = entry.get("record")
+        if len(payload) > MAX_LISTED_BYTES and isinstance(record, dict):
+            # a listing stays small: the payload and trace of a big record are in Redis, not here
+            entry["record"] = {k: v for k, v in record.items() if k not in _BULKY_FIELDS}
+            entry["record_truncated"] = True
+        entries.append(entry)
     return int(total), entries

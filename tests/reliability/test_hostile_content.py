@@ -469,7 +469,7 @@ async def test_a_refused_record_never_blocks_the_spool_and_stays_visible(
     assert keyed.mfa_encryption_key
     payloads = [
         _plain_record("spooled-ok-1").to_json(),
-        _plain_record("spooled-refused", reason="not-a-reason").to_json(),  # CHECK violation
+        _plain_record("spooled-refused", reason="not-a-reason", args=["r" * 100_000]).to_json(),  # CHECK
         b"{not json",
         _plain_record("spooled-ok-2").to_json(),
     ]
@@ -500,6 +500,9 @@ async def test_a_refused_record_never_blocks_the_spool_and_stays_visible(
         listed = await client.get(f"{BASE}/rejected", headers={"Authorization": f"Bearer {token}"})
         assert listed.status_code == 200, listed.text
         assert listed.json()["total"] == 3 and "CheckViolation" in orjson.dumps(listed.json()).decode()
+        big = [item for item in listed.json()["items"] if item.get("record_truncated")]
+        assert [item["record"]["job_id"] for item in big] == ["spooled-refused"]
+        assert "args" not in big[0]["record"] and len(listed.content) < 64 * 1024
         scrape = (await client.get("/metrics")).text
     gauge = [line for line in scrape.splitlines() if line.startswith("fmhl_dlq_spool_rejected")]
     print("metric:", gauge)
