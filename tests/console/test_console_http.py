@@ -6,6 +6,7 @@ The real-browser acceptance run is ``tests/console/test_console_browser.py``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import html
@@ -53,15 +54,12 @@ class Console:
 
 @contextlib.asynccontextmanager
 async def console_client(
-    settings: Settings, *, base_url: str = "http://127.0.0.1:8000"
+    settings: Settings, *, base_url: str = "http://127.0.0.1:8000", wait_for_db: bool = True
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        if settings.database_url and "postgresql://" in settings.database_url:
-            with contextlib.suppress(TimeoutError):
-                import asyncio
-
-                await asyncio.wait_for(app.state.ops.db.connected.wait(), timeout=5)
+        if wait_for_db:
+            await asyncio.wait_for(app.state.ops.db.connected.wait(), timeout=20)
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
         async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
             yield client
@@ -416,7 +414,7 @@ async def test_postgres_down_pages_name_postgres(keyed: Settings, redis: Any) ->
         database_url=f"postgresql://nobody:x@127.0.0.1:{closed_port()}/none",
         health_check_timeout_seconds=0.5,
     )
-    async with console_client(broken) as client:
+    async with console_client(broken, wait_for_db=False) as client:
         client.cookies.set(SESSION_COOKIE, "a" * 43)
         for path in ("/console", "/console/dlq"):
             response = await client.get(path)
