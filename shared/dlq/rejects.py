@@ -40,6 +40,10 @@ def is_refusal(exc: BaseException) -> bool:
     """True when ``exc`` says the record is unacceptable, False when Postgres was unreachable."""
     if isinstance(exc, OSError | TimeoutError | DependencyUnavailable | asyncpg.PostgresConnectionError):
         return False
+    if isinstance(exc, asyncpg.InternalClientError):
+        # a connection left mid-operation by a Postgres restart (seen in the chaos test): the
+        # server went away, the record did nothing wrong
+        return False
     if isinstance(exc, asyncpg.PostgresError):
         return str(getattr(exc, "sqlstate", "") or "")[:2] not in _TRANSIENT_SQLSTATE_CLASSES
     if isinstance(exc, asyncpg.InterfaceError):  # closed connection, closing pool ...

@@ -1,0 +1,35 @@
+"""Which capture errors park a record as refused, and which mean Postgres was away."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from shared.dlq.rejects import is_refusal
+from shared.infra.errors import DependencyUnavailable
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConnectionRefusedError(),
+        TimeoutError(),
+        DependencyUnavailable("postgres", "down"),
+        asyncpg.exceptions.CannotConnectNowError("starting up"),
+        asyncpg.InternalClientError("connection left mid-operation by a restart"),
+        asyncpg.exceptions.ConnectionDoesNotExistError("closed"),
+    ],
+)
+def test_an_unreachable_database_is_not_a_refusal(exc: BaseException) -> None:
+    assert is_refusal(exc) is False
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        asyncpg.exceptions.CheckViolationError("reason"),
+        asyncpg.exceptions.UntranslatableCharacterError("\\u0000"),
+    ],
+)
+def test_a_record_postgres_refuses_is_a_refusal(exc: BaseException) -> None:
+    assert is_refusal(exc) is True
