@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 from pathlib import Path
 
 import asyncpg
@@ -91,9 +92,16 @@ async def _serve_dev(settings: Settings, host: str, port: int, *, demo: bool = F
         await stop_workers()  # once the server has stopped: running jobs finish, then workers close
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_dev(settings: Settings, *, host: str, port: int, demo: bool = False) -> int:
     run_dir = RUN_DIR.resolve()
     started: list[EmbeddedPostgres | EmbeddedRedis] = []
+    # SIGTERM during start-up unwinds through ``finally`` (the default action would leave the
+    # embedded servers running); once serving, run_until_signalled owns the signal.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         if settings.database_url is None:
             pg = EmbeddedPostgres(run_dir / "postgres").start()
@@ -118,3 +126,4 @@ def run_dev(settings: Settings, *, host: str, port: int, demo: bool = False) -> 
     finally:
         for server in reversed(started):
             server.stop()
+        signal.signal(signal.SIGTERM, previous)
