@@ -230,6 +230,7 @@ HOSTILE_CASES: dict[str, Callable[[], tuple[BaseException, list[Any], dict[str, 
     "args_4MB_too_large": lambda: (_raised(lambda: ValueError("huge args")), ["z" * (4 * MB)], {}),
     "args_nested_250": lambda: (_raised(lambda: ValueError("deep")), [_deep(120)], {"n": _deep(120)}),
     "args_int_beyond_64_bits": lambda: (_raised(lambda: ValueError("big int")), [2**100], {}),
+    "args_nested_600": lambda: (_raised(lambda: ValueError("too deep")), [_deep(300)], {}),
 }
 
 
@@ -282,7 +283,7 @@ async def test_each_hostile_failure_is_stored_readable_and_bounded_within_second
     assert map_strings(escaped["args"], unescape_text) == ["\x00", "\\u0000", "\ud83d"]
     assert len(rows["args_1_5MB"]["args"][0]) == 3 * MB // 2 and rows["args_1_5MB"]["payload_omitted"] is None
     assert rows["args_nested_250"]["payload_omitted"] is None
-    for omitted in ("args_4MB_too_large", "args_int_beyond_64_bits"):
+    for omitted in ("args_4MB_too_large", "args_int_beyond_64_bits", "args_nested_600"):
         assert rows[omitted]["payload_omitted"] and rows[omitted]["args"] == [], omitted
     print(
         "  payload_omitted:", {n: r["payload_omitted"][:80] for n, r in rows.items() if r["payload_omitted"]}
