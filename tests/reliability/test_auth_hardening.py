@@ -273,3 +273,29 @@ async def test_every_admin_api_response_carries_no_store(
         f"\nCache-Control: no-store on {sum(checked.values())} admin API responses, by status {dict(checked)}"
     )
     assert checked["200"] and checked["401"]
+
+
+def test_the_session_secret_scan_can_fail_and_redaction_keeps_it_from_failing() -> None:
+    """``tests/secret_scan.py`` guards the whole session; here its matcher meets a leak on purpose."""
+    from loguru import logger
+
+    from shared.infra.logs import log_event
+    from tests.secret_scan import SECRETS, _Capture
+
+    token, password = secrets.token_urlsafe(32), f"pw with spaces {uuid.uuid4().hex}"
+    capture = _Capture()
+    sink = logger.add(capture.loguru_sink, level="INFO", format="{message}")
+    before = set(SECRETS)
+    try:
+        SECRETS.update({token, password})
+        log_event("INFO", "redacted_fields", token=token, password=password, nested={"api_token": token})
+        assert capture.scan() == (1, [])  # redacted by key: nothing leaks
+        log_event("INFO", "careless_message", f"logging in with {password} / Bearer {token}")
+        lines, leaks = capture.scan()
+    finally:
+        logger.remove(sink)
+        SECRETS.clear()
+        SECRETS.update(before)
+        capture.file.close()
+    print(f"\nsecret scan self-check: {lines} lines, leaks found in {leaks}")
+    assert leaks == ["careless_message (tests.reliability.test_auth_hardening)"]
