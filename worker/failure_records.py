@@ -31,15 +31,16 @@ import orjson
 from shared.dlq.capture import FailureRecord
 from shared.dlq.content import (
     ERROR_MESSAGE_LIMIT,
+    JOB_ID_LIMIT,
     NAME_LIMIT,
     STACK_HEAD,
     STACK_TAIL,
-    bounded_job_id,
     escape_text,
     map_strings,
     needs_escape,
     payload_size_error,
     safe_preview,
+    stored_identifier,
     truncate_head,
     truncate_middle,
 )
@@ -187,19 +188,24 @@ def _build(
     correlation_id: str | None,
     retry_of: uuid.UUID | None,
 ) -> FailureRecord:
+    identifiers = {"job_id": job_id, "function": function, "error_type": error_type}
     fields = {
-        "job_id": bounded_job_id(job_id),
-        "function": function[:NAME_LIMIT],
-        "error_type": error_type[:NAME_LIMIT],
         "error_message": truncate_head(message, ERROR_MESSAGE_LIMIT, "error_message"),
         "stack_trace": stack_trace,
         "correlation_id": correlation_id[:NAME_LIMIT] if correlation_id else None,
     }
-    escaped = any(needs_escape(v) for v in fields.values() if v) or _payload_needs_escape(args, kwargs)
+    escaped = (
+        any(needs_escape(v) for v in fields.values() if v)
+        or any(needs_escape(v[:JOB_ID_LIMIT]) for v in identifiers.values())
+        or _payload_needs_escape(args, kwargs)
+    )
+    fields |= {k: stored_identifier(v, escaped, job_id=k == "job_id") for k, v in identifiers.items()}
     payload_omitted: str | None = None
     try:
         if escaped:
-            fields = {k: escape_text(v) if v else v for k, v in fields.items()}
+            for name in ("error_message", "stack_trace", "correlation_id"):
+                value = fields[name]
+                fields[name] = escape_text(value) if value else value
             args, kwargs = map_strings(args, escape_text), map_strings(kwargs, escape_text)
         payload_omitted = payload_size_error(args, kwargs)
     except (ValueError, TypeError) as exc:

@@ -20,7 +20,8 @@ itself, ``…[truncated: …]``):
 * ``stack_trace``: the first ``STACK_HEAD`` (32 Ki) and the last ``STACK_TAIL`` (224 Ki)
   characters, so the innermost frames and the failing exception (printed last) survive;
 * ``error_type`` 256, ``function`` 256, ``correlation_id`` 256 characters; a ``job_id`` over 512
-  characters keeps its first 400 and a SHA-256 of the whole, so it stays unique;
+  characters keeps its first 400 and a SHA-256 of the whole, so it stays unique; and each of these
+  at most 1000 bytes of UTF-8 once escaped (they are indexed; ``stored_identifier``);
 * ``args`` + ``kwargs``: stored whole up to ``PAYLOAD_LIMIT_BYTES`` (2 MiB of JSON). A larger
   payload, or one orjson cannot write (integers beyond 64 bits, nesting deeper than 254 levels,
   values that are not JSON), is not stored: ``args``/``kwargs`` are empty and ``payload_omitted``
@@ -46,6 +47,7 @@ STACK_TAIL = 224 * 1024
 STACK_TRACE_LIMIT = STACK_HEAD + STACK_TAIL
 NAME_LIMIT = 256
 JOB_ID_LIMIT = 512
+IDENTIFIER_MAX_BYTES = 1000
 PAYLOAD_LIMIT_BYTES = 2 * 1024 * 1024
 PREVIEW_LIMIT = 4096
 MAX_PAYLOAD_NODES = 5_000_000
@@ -132,11 +134,24 @@ def truncate_middle(text: str, head: int, tail: int, what: str) -> str:
     return f"{text[:head]}\n…[truncated: {what} omits {omitted} characters here]…\n{text[-tail:]}"
 
 
-def bounded_job_id(job_id: str) -> str:
-    if len(job_id) <= JOB_ID_LIMIT:
+def bounded_job_id(job_id: str, keep: int = 400) -> str:
+    if len(job_id) <= JOB_ID_LIMIT and keep >= 400:
         return job_id
-    digest = hashlib.sha256(job_id.encode("utf-8", "backslashreplace")).hexdigest()
-    return f"{job_id[:400]}…sha256:{digest}"
+    digest = hashlib.sha256(job_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{job_id[:keep]}…sha256:{digest}"
+
+
+def stored_identifier(raw: str, escaped: bool, *, job_id: bool = False) -> str:
+    """The stored form of a short indexed field (job id; error type and function key the failure
+    groups), at most ``IDENTIFIER_MAX_BYTES`` of UTF-8 however it is escaped: a btree entry must
+    stay under Postgres's ~2.7 KB per row. A job id cut this way keeps a SHA-256 of the whole."""
+    keep = JOB_ID_LIMIT if job_id else NAME_LIMIT
+    while True:
+        bounded = bounded_job_id(raw, min(keep, 400)) if job_id else raw[:keep]
+        stored = escape_text(bounded) if escaped else bounded
+        if len(stored.encode("utf-8", "surrogatepass")) <= IDENTIFIER_MAX_BYTES or keep <= 8:
+            return stored
+        keep //= 2
 
 
 def safe_preview(value: Any) -> str:

@@ -120,6 +120,16 @@ def _json_sink(message: Message) -> None:
 _STDLIB_EVENTS = {"uvicorn.access": "http_access", "uvicorn.error": "uvicorn", "arq.worker": "arq_worker"}
 
 
+def _render_safely(record: logging.LogRecord) -> str:
+    """``msg % args`` with every argument that cannot be rendered replaced by a placeholder."""
+    args = record.args if isinstance(record.args, tuple) else (record.args,)
+    safe = tuple(a if isinstance(a, int | float) else _safe_str(a)[:MAX_MESSAGE_CHARS] for a in args)
+    try:
+        return _safe_str(record.msg) % safe
+    except Exception as exc:
+        return f"{_safe_str(record.msg)} [arguments not rendered: {type(exc).__name__}]"
+
+
 class InterceptHandler(logging.Handler):
     """Route stdlib logging records into loguru, keeping the caller's level and module."""
 
@@ -131,8 +141,8 @@ class InterceptHandler(logging.Handler):
         event = _STDLIB_EVENTS.get(record.name, record.name.replace(".", "_"))
         try:
             message = record.getMessage()
-        except Exception as exc:  # an argument whose str() raises must not break the caller
-            message = f"{_safe_str(record.msg)} [arguments not rendered: {type(exc).__name__}]"
+        except Exception:  # an argument whose str() raises must not break the caller
+            message = _render_safely(record)
         exc_info = record.exc_info
         if exc_info and record.name.startswith("arq"):
             # arq logs every failed job with its traceback; the failure decorator and the DLQ row

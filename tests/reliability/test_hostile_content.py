@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -288,6 +289,35 @@ async def test_each_hostile_failure_is_stored_readable_and_bounded_within_second
     print(
         "  payload_omitted:", {n: r["payload_omitted"][:80] for n, r in rows.items() if r["payload_omitted"]}
     )
+
+
+async def test_indexed_fields_stay_within_btree_limits_however_they_are_escaped(
+    settings: Settings, clean_db: Any, redis: Any
+) -> None:
+    """Job id, function and error type are indexed (unique key, failure groups): a btree row holds
+    ~2.7 KB, and six bytes per escaped lone surrogate would overflow it; random ones barely compress."""
+    rng = random.Random(7)
+    noise = "".join(
+        chr(rng.choice([rng.randrange(0xD800, 0xE000), rng.randrange(0x4E00, 0x9FFF), 0]))
+        for _ in range(3000)
+    )
+    db = Database.from_pool(settings, clean_db)
+    hostile_type = type(
+        "E" + "".join(chr(rng.randrange(0x4E00, 0x9FFF)) for _ in range(2000)), (Exception,), {}
+    )
+    records = [
+        _record(_raised(lambda: hostile_type("x")), [], {}, job_id="j-" + noise),
+        _record(_raised(lambda: ValueError("y")), [], {}, job_id="k-" + noise[:500]),
+    ]
+    outcomes = [await capture(db, redis, record, None) for record in records]
+    rows = await clean_db.fetch(
+        "SELECT job_id, error_type, octet_length(job_id) AS job_bytes, octet_length(error_type) AS type_bytes"
+        " FROM dead_letter_queue ORDER BY job_id"
+    )
+    print(f"\nindexed fields: outcomes {outcomes}, bytes {[(r['job_bytes'], r['type_bytes']) for r in rows]}")
+    assert outcomes == ["stored", "stored"]
+    assert all(r["job_bytes"] <= 1000 and r["type_bytes"] <= 1000 for r in rows)
+    assert "sha256:" in rows[0]["job_id"] and unescape_text(rows[1]["job_id"]).startswith("k-" + noise[:50])
 
 
 def _median_seconds(fn: Callable[[], Any], runs: int = 5) -> float:
