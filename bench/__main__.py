@@ -211,12 +211,14 @@ def code_version() -> str:
     return f"{head}" + (f" + uncommitted changes in {len(dirty)} product file(s)" if dirty else "")
 
 
-def write_results(path: Path, scale: Scale, results: Sequence[Result], seconds: float) -> None:
+def write_results(
+    path: Path, scale: Scale, results: Sequence[Result], seconds: float, *, started_at: str, code: str
+) -> None:
     document = {
         "scale": scale.name,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "date": started_at,
         "machine": machine(),
-        "code": code_version(),
+        "code": code,
         "duration_seconds": round(seconds, 1),
         "results": [r.as_json() for r in results],
     }
@@ -230,19 +232,22 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown case {', '.join(unknown)}; choose from {', '.join(CASES)}", file=sys.stderr)
         return 2
+    # the code and time the run started with (others may commit while it runs)
+    started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    code = code_version()
     started = time.perf_counter()
     with quiet_stdout():
         results = asyncio.run(run_cases(scale, names))
     seconds = time.perf_counter() - started
     print(table(results))
-    print(f"\nscale {scale.name}; {machine()}; code {code_version()}")
+    print(f"\nscale {scale.name}; {machine()}; code {code}; started {started_at}")
     missed = [r for r in results if r.passed is False]
     checked = [r for r in results if r.passed is not None]
     met = len(checked) - len(missed)
     print(f"\n{met} of {len(checked)} targets met; {len(missed)} MISSED; {seconds / 60:.1f} min")
     path = results_path(scale)
     if path is not None:
-        write_results(path, scale, results, seconds)
+        write_results(path, scale, results, seconds, started_at=started_at, code=code)
         print(f"wrote {path}")
     return 1 if missed else 0
 
