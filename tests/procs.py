@@ -1,7 +1,11 @@
-"""Start real ``fmhl-ops`` processes for end-to-end tests and stop them by PID."""
+"""Start real processes (``fmhl-ops`` by default, or any program) for end-to-end tests and stop
+them by PID. Every process runs in its own process group; a group still alive when the
+interpreter exits (an interrupted teardown, a second Ctrl-C) is killed by an atexit net."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,6 +21,25 @@ import httpx
 
 FMHL_OPS = str(Path(sys.executable).parent / "fmhl-ops")
 
+_LIVE_GROUPS: set[int] = set()
+
+
+def track(pgid: int) -> None:
+    """Remember a process group (started with ``start_new_session``) for the atexit net."""
+    _LIVE_GROUPS.add(pgid)
+
+
+def untrack(pgid: int) -> None:
+    _LIVE_GROUPS.discard(pgid)
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Last resort (interpreter exit after an interrupted teardown): kill what is still running."""
+    for pgid in list(_LIVE_GROUPS):
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, signal.SIGKILL)
+
 
 def base_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL"))}
@@ -27,23 +50,31 @@ def base_env(**overrides: str) -> dict[str, str]:
 
 @dataclass
 class Proc:
+    """``executable`` (``fmhl-ops`` unless given) with ``args``; ``env`` None inherits ours."""
+
     args: Sequence[str]
-    env: Mapping[str, str]
-    cwd: str | None = None
+    env: Mapping[str, str] | None = None
+    cwd: str | Path | None = None
     process: subprocess.Popen[bytes] | None = None
     _out: IO[bytes] | None = field(default=None, repr=False)
+    executable: str = FMHL_OPS
 
     def start(self) -> Proc:
         self._out = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            [FMHL_OPS, *self.args],
-            env=dict(self.env),
+            [self.executable, *self.args],
+            env=dict(self.env) if self.env is not None else None,
             cwd=self.cwd,
             stdout=self._out,
             stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+        track(self.process.pid)
         return self
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     @property
     def pid(self) -> int:
@@ -73,9 +104,18 @@ class Proc:
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.pid, signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    os.killpg(self.pid, signal.SIGKILL)
                 self.process.wait()
+        untrack(self.pid)
         return self.process.returncode
+
+
+def program(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | Path | None = None
+) -> Proc:
+    """Any program (Prometheus, Alertmanager, make ...) as a ``Proc``."""
+    return Proc(list(argv[1:]), env, cwd, executable=argv[0])
 
 
 def wait_http(

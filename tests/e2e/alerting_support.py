@@ -1,6 +1,6 @@
 """Pieces of the end-to-end alerting stack (tests/e2e/test_alerting_e2e.py).
 
-* ``Binary``: any program (Prometheus, Alertmanager, redis_exporter) as a child process in its
+* processes: ``tests.procs.program`` starts any program (Prometheus, Alertmanager, redis_exporter) in its
   own session, output in a temp file, stopped by PID (process group) like ``tests.procs.Proc``.
 * ``Webhook``: the receiver Alertmanager notifies; records every POST (path, time, JSON body).
 * ``render_rules`` / ``render_alertmanager``: test copies of the shipped files. Rules keep their
@@ -14,96 +14,18 @@
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import json
-import os
 import re
-import signal
-import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import yaml
-
-_LIVE_GROUPS: set[int] = set()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    """Last resort (interpreter exit after an interrupted teardown): kill what is still running."""
-    for pgid in list(_LIVE_GROUPS):
-        with contextlib.suppress(OSError):
-            os.killpg(pgid, signal.SIGKILL)
-
-
-def track(pid: int) -> None:
-    """Remember a process group (started with ``start_new_session``) for the atexit net."""
-    _LIVE_GROUPS.add(pid)
-
-
-def untrack(pid: int) -> None:
-    _LIVE_GROUPS.discard(pid)
-
-
-@dataclass
-class Binary:
-    argv: Sequence[str]
-    name: str
-    env: Mapping[str, str] | None = None
-    cwd: Path | None = None
-    process: subprocess.Popen[bytes] | None = None
-    _out: IO[bytes] | None = field(default=None, repr=False)
-
-    def start(self) -> Binary:
-        self._out = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(
-            list(self.argv),
-            env=dict(self.env) if self.env is not None else None,
-            cwd=self.cwd,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        track(self.process.pid)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def output(self) -> str:
-        if self._out is None:
-            return ""
-        self._out.seek(0)
-        return self._out.read().decode("utf-8", errors="replace")
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL the process group; returns the exit code."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(OSError):
-                    os.killpg(self.pid, signal.SIGKILL)
-                self.process.wait()
-        untrack(self.pid)
-        return self.process.returncode
 
 
 @dataclass(frozen=True)

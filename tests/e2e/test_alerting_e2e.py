@@ -51,7 +51,6 @@ from shared.infra.redis import create_redis
 from shared.jobs.enqueue import enqueue
 from shared.jobs.queues import ALL_QUEUES, EMAIL_SEND, REPORT_EXPORT
 from tests.e2e.alerting_support import (
-    Binary,
     Webhook,
     group_labels,
     names_in_dashboard,
@@ -59,12 +58,10 @@ from tests.e2e.alerting_support import (
     render_alertmanager,
     render_rules,
     routes_for,
-    track,
-    untrack,
     wait_until,
 )
 from tests.factories import create_lead, create_provider, create_report_export
-from tests.procs import FMHL_OPS, Proc, base_env, wait_http
+from tests.procs import FMHL_OPS, Proc, base_env, program, track, untrack, wait_http
 from worker.cron import CRON_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,7 +107,7 @@ class Stack:
     am_config: dict[str, Any]
     totp_uri: str = field(default="", repr=False)
     procs: dict[str, Proc] = field(default_factory=dict)
-    binaries: dict[str, Binary] = field(default_factory=dict)
+    binaries: dict[str, Proc] = field(default_factory=dict)
 
     @property
     def service_url(self) -> str:
@@ -280,7 +277,7 @@ def stack() -> Iterator[Stack]:
             "--rules.alert.resend-delay=1s",
         ]
         for name, argv in binaries.items():
-            current.binaries[name] = Binary(argv, name).start()
+            current.binaries[name] = program(argv).start()
 
         wait_http(f"{current.service_url}/health/ready", timeout=60, proc=serve)
         for queue in ALL_QUEUES:

@@ -36,9 +36,9 @@ import pytest
 from cli import embedded
 from cli.embedded import EmbeddedPostgres, EmbeddedServerError, free_port
 from shared.infra.migrations import migrate
-from tests.e2e.alerting_support import Binary, wait_until
+from tests.e2e.alerting_support import wait_until
 from tests.infra import docker_engine_available
-from tests.procs import base_env
+from tests.procs import Proc, base_env, program
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -223,9 +223,7 @@ def test_make_run_from_the_root_only_checkout(checkout: Checkout) -> None:
     port = free_port()
     data_dir = checkout.clone / ".run" / "postgres"
     env = {k: v for k, v in base_env().items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    make = Binary(
-        ["make", "run", f"RUN_ARGS=--host 127.0.0.1 --port {port}"], "make run", env, cwd=checkout.clone
-    )
+    make = program(["make", "run", f"RUN_ARGS=--host 127.0.0.1 --port {port}"], env=env, cwd=checkout.clone)
     make.start()
     pgdata: Path | None = None
     try:
@@ -257,7 +255,7 @@ def test_make_run_from_the_root_only_checkout(checkout: Checkout) -> None:
     assert pgdata is not None and _processes_mentioning(str(pgdata), str(checkout.clone)) == []
 
 
-def _ready(port: int, make: Binary) -> dict[str, Any] | None:
+def _ready(port: int, make: Proc) -> dict[str, Any] | None:
     if not make.running():
         raise AssertionError(
             f"make run exited {make.process and make.process.returncode}:\n{make.output()[-4000:]}"
