@@ -21,7 +21,7 @@ import orjson
 from shared.dlq.content import safe_preview
 from shared.dlq.group_commit import committer_for
 from shared.dlq.rejects import describe, is_refusal, reject
-from shared.infra.db import Conn, Database, fetchval
+from shared.infra.db import Database
 from shared.infra.errors import DependencyUnavailable
 from shared.infra.jsonable import dataclass_to_dict
 from shared.infra.logs import log_event
@@ -72,49 +72,6 @@ class FailureRecord:
         data["enqueued_at"] = datetime.fromisoformat(data["enqueued_at"]) if data.get("enqueued_at") else None
         data["retry_of"] = uuid.UUID(data["retry_of"]) if data.get("retry_of") else None
         return cls(**data)
-
-
-INSERT_FAILURE = """
-INSERT INTO dead_letter_queue (
-    queue_name, job_id, function, args, kwargs, error_type, error_message, stack_trace,
-    fingerprint, attempts, reason, enqueued_at, failed_at, correlation_id, retry_of,
-    content_escaped, payload_omitted
-)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-        (SELECT id FROM dead_letter_queue WHERE id = $15), $16, $17)
-ON CONFLICT (queue_name, job_id) DO NOTHING
-RETURNING id
-"""
-
-
-async def insert_failure(conn: Conn, record: FailureRecord) -> uuid.UUID | None:
-    """Insert one DLQ row; ``None`` when this (queue, job id) was already captured.
-
-    ``retry_of`` is kept only if that entry still exists (it may have been pruned).
-    """
-    entry_id: uuid.UUID | None = await fetchval(
-        conn,
-        "dlq_insert",
-        INSERT_FAILURE,
-        record.queue,
-        record.job_id,
-        record.function,
-        record.args,
-        record.kwargs,
-        record.error_type,
-        record.error_message,
-        record.stack_trace,
-        record.fingerprint,
-        record.attempts,
-        record.reason,
-        record.enqueued_at,
-        record.failed_at,
-        record.correlation_id,
-        record.retry_of,
-        record.content_escaped,
-        record.payload_omitted,
-    )
-    return entry_id
 
 
 async def _store(db: Database, record: FailureRecord) -> uuid.UUID | None:

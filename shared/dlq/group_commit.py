@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from shared.infra.db import Database, fetch
+from shared.infra.db import Conn, Database, fetch, fetchval
 
 if TYPE_CHECKING:
     from shared.dlq.capture import FailureRecord
@@ -81,11 +81,41 @@ INSERT INTO dead_letter_queue (
     fingerprint, attempts, reason, enqueued_at, failed_at, correlation_id, retry_of,
     content_escaped, payload_omitted
 )
-VALUES ($1, $2, $3, $4::text::jsonb, $5::text::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
         (SELECT id FROM dead_letter_queue WHERE id = $15), $16, $17)
 ON CONFLICT (queue_name, job_id) DO NOTHING
-RETURNING queue_name, job_id, id
+RETURNING id
 """
+
+
+async def insert_failure(conn: Conn, record: FailureRecord) -> uuid.UUID | None:
+    """Insert one DLQ row; ``None`` when this (queue, job id) was already captured.
+
+    ``retry_of`` is kept only if that entry still exists (it may have been pruned).
+    """
+    entry_id: uuid.UUID | None = await fetchval(
+        conn,
+        "dlq_insert",
+        INSERT_FAILURE,
+        record.queue,
+        record.job_id,
+        record.function,
+        record.args,
+        record.kwargs,
+        record.error_type,
+        record.error_message,
+        record.stack_trace,
+        record.fingerprint,
+        record.attempts,
+        record.reason,
+        record.enqueued_at,
+        record.failed_at,
+        record.correlation_id,
+        record.retry_of,
+        record.content_escaped,
+        record.payload_omitted,
+    )
+    return entry_id
 
 
 async def insert_failures(pool: Any, records: Sequence[FailureRecord]) -> dict[tuple[str, str], uuid.UUID]:
@@ -94,12 +124,12 @@ async def insert_failures(pool: Any, records: Sequence[FailureRecord]) -> dict[t
     One row (the common case outside a storm) takes a plain VALUES insert: encoding seventeen
     one-element arrays for ``unnest`` cost more than the row itself.
     """
-    columns = _columns(records)
     async with pool.acquire(timeout=BATCH_TIMEOUT_SECONDS) as conn:
         if len(records) == 1:
-            rows = await fetch(conn, "dlq_insert", INSERT_FAILURE, *(column[0] for column in columns))
-        else:
-            rows = await fetch(conn, "dlq_insert_batch", INSERT_FAILURES, *columns)
+            (record,) = records
+            entry_id = await insert_failure(conn, record)
+            return {(record.queue, record.job_id): entry_id} if entry_id is not None else {}
+        rows = await fetch(conn, "dlq_insert_batch", INSERT_FAILURES, *_columns(records))
     return {(row["queue_name"], row["job_id"]): row["id"] for row in rows}
 
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import orjson
 
-from shared.dlq.capture import FailureRecord, insert_failure
+from shared.dlq.capture import FailureRecord
+from shared.dlq.group_commit import insert_failure
 from shared.dlq.rejects import describe, is_refusal, rejected_entry
 from shared.infra.logs import log_event
 from shared.infra.metrics import Metrics
