@@ -3,7 +3,8 @@
 Fields: ``time`` (UTC ISO 8601), ``level``, ``event`` (stable snake_case name), ``message``,
 ``module``, ``function``, ``correlation_id``/``request_id`` when bound, any extra fields, and for
 errors ``error_type``, ``error_message``, ``stack``. stdlib logging (uvicorn, asyncpg, arq) is
-routed into loguru so uvicorn's access log is JSON too. Values under secret-looking keys are
+routed into loguru, so their lines are JSON too (the HTTP access log is the service middleware's
+``http_access``; arq's per-job lines show only at DEBUG). Values under secret-looking keys are
 redacted before serialisation.
 
 Log with ``log_event(logger_level, "event_name", message, **fields)`` or
