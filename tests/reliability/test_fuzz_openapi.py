@@ -154,12 +154,15 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(target: FuzzTarget) -
                 per_operation[operation.label] += 1
                 try:
                     case.validate_response(response, checks=checks, headers=headers)
-                except Exception as exc:
+                # schemathesis's FailureGroup is a BaseExceptionGroup, not an Exception
+                except (Exception, BaseExceptionGroup) as exc:
                     if _only_our_override_made_it_valid(exc, operation.definition.raw, response):
                         neutralised += 1
                         continue
                     failures.append(
-                        f"{operation.label} [{mode.value}] -> {response.status_code}: {str(exc)[:400]}"
+                        f"{operation.label} [{mode.value}] -> {response.status_code}: {str(exc)[:400]} "
+                        f"(sent {response.request.method} {response.request.url} "
+                        f"body={response.request.body!r:.200})"
                     )
     elapsed = time.perf_counter() - started
     total = sum(statuses.values())
