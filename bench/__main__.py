@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from bench import cleanup_case, http_cases, metrics_case, reconcile, worker_cases
+from bench import cleanup_case, http_cases, metrics_case, reconcile, scale_out_case, storm_case, worker_cases
 from bench.common import (
     CONSOLE,
     Backends,
@@ -83,8 +83,8 @@ def _result_from_dict(row: dict[str, Any]) -> Result:
 # name -> (case, needs the queued-jobs zsets)
 CASES: dict[str, tuple[Case, bool]] = {
     "overhead": (worker_cases.overhead_case, False),
-    "storm": (worker_cases.storm_case, False),
-    "scale_out": (worker_cases.scale_out_case, False),
+    "storm": (storm_case.storm_case, False),
+    "scale_out": (scale_out_case.scale_out_case, False),
     "live": (http_cases.live_case, False),
     "api": (_api, True),
     "metrics": (metrics_case.metrics_case, True),

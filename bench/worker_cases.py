@@ -1,39 +1,31 @@
-"""Worker cases: per-job overhead and a failure storm against bare arq, and scale-out.
+"""Worker overhead: no-op jobs through our worker against bare arq, in one process.
 
-Overhead and storm run both sides in this process, in burst mode, over the same Redis, with the
-same ``max_jobs`` and ``poll_delay`` (the product defaults) and the same orjson job serializer
-(the wire format is a product requirement, not overhead): side A is ``FmhlWorker`` from
-``build_worker`` with the job wrapped by ``with_failure_policy`` and a real ``Database``; side B
-is ``arq.worker.Worker`` with the bare function. The time is ``Worker.main()`` alone (start-up
-included, closing excluded), jobs pre-enqueued by one pipeline that writes arq's job keys and zset.
+Both sides run in this process, in burst mode, over the same Redis, with the same ``max_jobs`` and
+``poll_delay`` (the product defaults) and the same orjson job serializer (the wire format is a
+product requirement, not overhead): side A is ``FmhlWorker`` from ``build_worker`` with the job
+wrapped by ``with_failure_policy`` and a real ``Database``; side B is ``arq.worker.Worker`` with the
+bare function. The time is ``Worker.main()`` alone (start-up included, closing excluded), jobs
+pre-enqueued by one pipeline that writes arq's job keys and zset.
 
 Logging is configured as in production (JSON at INFO) with stdout sent to /dev/null while a side
 runs: every log line is still formatted, and the table stays readable.
 
-Scale-out starts real worker processes (``python -m bench.worker_proc``, which runs
-``worker.process.run_worker`` exactly as ``fmhl-ops worker`` does, with a bench job of 10 ms of
-I/O registered): 1 process vs 2, on a queue filled while they idle.
+The failure storm and scale-out run real processes: ``bench.storm_case``, ``bench.scale_out_case``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import statistics
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from arq.jobs import serialize_job as arq_serialize_job
 from arq.worker import Worker, func
 
 from bench.common import Backends, Result, Scale, alternate, progress, quiet_stdout
-from bench.worker_proc import IO_JOB_SECONDS
 from shared.infra.config import (
     DEFAULT_WORKER_MAX_JOBS,
     DEFAULT_WORKER_POLL_DELAY_SECONDS,
@@ -56,10 +48,6 @@ SCALE_OUT_MAX_JOBS = DEFAULT_WORKER_MAX_JOBS
 
 async def noop(ctx: dict[str, Any], n: int) -> int:
     return n
-
-
-async def fail(ctx: dict[str, Any], n: int) -> None:
-    raise ValueError(f"bench storm item {n} is invalid")
 
 
 async def enqueue_raw(redis: Any, queue: str, function: str, job_ids: list[str]) -> None:
@@ -168,171 +156,5 @@ async def overhead_case(backends: Backends, scale: Scale) -> list[Result]:
             ratio=rounds.ratio,
             target=">= 0.9",
             note=rounds.describe(),
-        )
-    ]
-
-
-async def storm_case(backends: Backends, scale: Scale) -> list[Result]:
-    jobs = scale.storm_jobs
-    progress(f"failure storm: {jobs:,} permanent failures, every one captured")
-    configure_logging("INFO", "json")
-    problems: list[str] = []
-    async with worker_bench(backends) as bench:
-
-        async def ours() -> float:
-            prefix = f"bench-storm-{uuid.uuid4().hex[:8]}-"
-            rate = await bench.ours(fail, jobs, prefix=prefix)
-            problems.extend(await _check_one_row_per_job(bench.db, prefix, jobs))
-            return rate
-
-        await bench.bare(fail, max(50, jobs // 5))
-        await bench.ours(fail, max(50, jobs // 5), prefix="bench-storm-warmup-")
-        rounds = await alternate(ours, lambda: bench.bare(fail, jobs), scale.rounds, label="storm")
-    exact = scale.rounds - len(problems)
-    return [
-        Result(
-            "failure storm",
-            f"{jobs:,} permanent failures, all captured",
-            rounds.ours_median,
-            "captures/s",
-            baseline=rounds.baseline_median,
-            ratio=rounds.ratio,
-            target=">= 0.75",
-            note=rounds.describe(),
-        ),
-        Result(
-            "failure storm",
-            "rounds with exactly one DLQ row per job",
-            exact,
-            f"of {scale.rounds}",
-            target=f">= {scale.rounds}",
-            note="; ".join(problems) or "count and count(DISTINCT job_id) both equal the jobs run",
-        ),
-    ]
-
-
-async def _check_one_row_per_job(db: Database, prefix: str, jobs: int) -> list[str]:
-    async with db.pool.acquire() as conn:
-        row = await conn.fetchrow(
-            """SELECT count(*) AS total, count(DISTINCT job_id) AS distinct_jobs
-               FROM dead_letter_queue WHERE queue_name = $1 AND job_id LIKE $2 || '%'""",
-            QUEUE,
-            prefix,
-        )
-    if row["total"] != jobs or row["distinct_jobs"] != jobs:
-        return [f"{prefix}: {row['total']} rows for {row['distinct_jobs']} distinct of {jobs} jobs"]
-    return []
-
-
-# -- scale-out ------------------------------------------------------------------------------------
-def _worker_env(backends: Backends) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL"))}
-    env.update(
-        DATABASE_URL=backends.database_url,
-        REDIS_URL=backends.redis_url,
-        LOG_LEVEL="INFO",
-        LOG_FORMAT="json",
-        WORKER_MAX_JOBS=str(SCALE_OUT_MAX_JOBS),
-        WORKER_POLL_DELAY_SECONDS=str(POLL_DELAY),
-        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
-    )
-    return env
-
-
-async def _wait_empty(redis: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while await redis.zcard(QUEUE) > 0:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"queue {QUEUE} not drained within {timeout}s")
-        await asyncio.sleep(0.005)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-cpu_per_1k_jobs: dict[int, list[float]] = {1: [], 2: []}
-
-
-async def _scale_out_round(backends: Backends, redis: Any, processes: int, jobs: int) -> float:
-    env = _worker_env(backends)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "bench.worker_proc", QUEUE],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        for _ in range(processes)
-    ]
-    try:
-        deadline = time.monotonic() + 60
-        while len(await redis.keys(f"fmhl:heartbeat:{QUEUE}:*")) < processes:
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                raise RuntimeError("bench workers did not start")
-            await asyncio.sleep(0.05)
-        warm = [f"bench-scale-warm-{uuid.uuid4().hex}" for _ in range(20 * processes)]
-        await enqueue_raw(redis, QUEUE, "bench_io", warm)
-        await _wait_empty(redis, 60)
-        ids = [f"bench-scale-{uuid.uuid4().hex}" for _ in range(jobs)]
-        cpu_before = sum(_cpu_seconds(p.pid) for p in procs)
-        started = time.perf_counter()
-        await enqueue_raw(redis, QUEUE, "bench_io", ids)
-        await _wait_empty(redis, 300)
-        rate = jobs / (time.perf_counter() - started)
-        cpu_per_1k_jobs[processes].append(
-            1000 * (sum(_cpu_seconds(p.pid) for p in procs) - cpu_before) / jobs
-        )
-        return rate
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-async def scale_out_case(backends: Backends, scale: Scale) -> list[Result]:
-    for samples in cpu_per_1k_jobs.values():
-        samples.clear()
-    jobs = scale.scale_out_jobs
-    progress(
-        f"scale-out: {jobs:,} jobs of {IO_JOB_SECONDS * 1000:.0f} ms I/O, 2 worker processes vs 1 "
-        f"(WORKER_MAX_JOBS={SCALE_OUT_MAX_JOBS} each)"
-    )
-    redis = create_redis(backends.redis_url)
-    try:
-        rounds = await alternate(
-            lambda: _scale_out_round(backends, redis, 2, jobs),
-            lambda: _scale_out_round(backends, redis, 1, jobs),
-            scale.rounds,
-            label="scale-out",
-        )
-    finally:
-        await redis.aclose()
-    return [
-        Result(
-            "scale-out",
-            f"2 worker processes vs 1, {IO_JOB_SECONDS * 1000:.0f} ms I/O jobs",
-            rounds.ours_median,
-            "jobs/s",
-            baseline=rounds.baseline_median,
-            ratio=rounds.ratio,
-            target=">= 1.8",
-            note=rounds.describe()
-            + "; worker CPU per 1k jobs: "
-            + ", ".join(
-                f"{n} process{'es' if n > 1 else ''} {statistics.median(v):.2f} s"
-                for n, v in cpu_per_1k_jobs.items()
-                if v
-            ),
         )
     ]

@@ -6,6 +6,14 @@ one another's row lock. Here the first capture of an idle process is written at 
 latency); captures arriving while a write is in flight join the next batch, one multi-row
 ``INSERT ... SELECT FROM unnest(...)`` of up to ``MAX_BATCH`` rows.
 
+Under a storm that alone is not enough: a statement takes about a millisecond, so the captures
+that arrive while one is in flight are one or two, and the storm still paid nearly a statement
+(parse, trigger, commit, two socket round trips) per failure (``make bench``, issue 17 §2). So a
+capture that comes within ``STORM_WINDOW_SECONDS`` of the previous write waits up to
+``STORM_LINGER_SECONDS`` for company before its batch is written: a storm's failures are stored
+tens to a statement, each job held a few milliseconds longer, while an isolated failure is still
+written at once.
+
 The promise is unchanged: ``store`` returns only after *its* row is committed (or raises, and
 the caller spools the record), so a job is never acknowledged before its failure is durable.
 A batch the database refuses as a whole is retried row by row, so one bad record cannot take
@@ -29,6 +37,8 @@ if TYPE_CHECKING:
 
 MAX_BATCH = 500
 BATCH_TIMEOUT_SECONDS = 10.0
+STORM_WINDOW_SECONDS = 0.02
+STORM_LINGER_SECONDS = 0.005
 
 INSERT_FAILURES = """
 INSERT INTO dead_letter_queue (
@@ -142,6 +152,7 @@ class GroupCommitter:
         self._writer: asyncio.Future[None] | None = None
         self.statements = 0  # INSERT statements issued, for tests and benchmarks
         self.rows_offered = 0
+        self._last_write = -1.0  # loop time the last write ended
 
     async def store(self, record: FailureRecord) -> uuid.UUID | None:
         """The new row's id, or ``None`` when this (queue, job id) was already captured."""
@@ -152,9 +163,13 @@ class GroupCommitter:
         return await future
 
     async def _write_all(self) -> None:
-        # one turn of the event loop: jobs failing in the same iteration join this batch, at no
-        # added latency (nothing waits on a timer)
-        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_write < STORM_WINDOW_SECONDS:
+            await asyncio.sleep(STORM_LINGER_SECONDS)  # a storm: let the batch fill
+        else:
+            # one turn of the event loop: jobs failing in the same iteration join this batch, at
+            # no added latency (nothing waits on a timer)
+            await asyncio.sleep(0)
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             try:
@@ -168,6 +183,9 @@ class GroupCommitter:
                         await self._write([pending])
                     except Exception as row_exc:
                         _settle(pending[1], row_exc)
+            self._last_write = loop.time()
+            if self._pending and len(self._pending) < MAX_BATCH:
+                await asyncio.sleep(STORM_LINGER_SECONDS)  # more arrived while writing: a storm
 
     async def _write(self, batch: list[Pending]) -> None:
         first_of: dict[tuple[str, str], Pending] = {}
@@ -176,9 +194,8 @@ class GroupCommitter:
         unique = list(first_of.values())
         self.statements += 1
         self.rows_offered += len(unique)
-        stored = await asyncio.wait_for(
-            insert_failures(self._db.pool, [record for record, _ in unique]), BATCH_TIMEOUT_SECONDS
-        )
+        async with asyncio.timeout(BATCH_TIMEOUT_SECONDS):  # no task per batch, unlike wait_for
+            stored = await insert_failures(self._db.pool, [record for record, _ in unique])
         for record, future in batch:
             key = (record.queue, record.job_id)
             # the first copy of a key gets the id; later copies (and known rows) are duplicates

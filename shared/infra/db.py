@@ -85,6 +85,20 @@ async def init_connection(conn: Conn) -> None:
         )
 
 
+async def keep_session(conn: Conn) -> None:
+    """The pool's ``reset``: nothing beyond what asyncpg always does on release (roll back an open
+    transaction, drop listeners).
+
+    asyncpg's default reset sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``
+    on every release: one more round trip per pooled query, which a failure storm paid once per
+    capture (issue 17 §2). Our code leaves no session state behind on a pooled connection: no
+    session ``SET`` (only ``SET LOCAL``), no ``LISTEN``, no ``WITH HOLD`` cursor, only
+    transaction-scoped advisory locks (the migration runner's session lock is on a connection of
+    its own) — which PgBouncer in transaction mode requires anyway. Code that needs session state
+    takes a connection of its own, not one from this pool.
+    """
+
+
 async def create_pool(
     settings: Settings, *, application_name: str, metrics: Metrics | None = None, dsn: str | None = None
 ) -> Any:
@@ -103,6 +117,7 @@ async def create_pool(
         server_settings={"application_name": application_name},
         connection_class=ObservedConnection,
         init=init,
+        reset=keep_session,
         timeout=10,
     )
 

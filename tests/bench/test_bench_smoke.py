@@ -53,3 +53,11 @@ async def test_every_case_runs_at_toy_size(test_backends: Backends) -> None:
         assert math.isfinite(result.value) and result.value > 0, result
     exactly_once = [r for r in results if r.metric == "rounds with exactly one DLQ row per job"]
     assert [r.passed for r in exactly_once] == [True], exactly_once
+    storm = {r.metric for r in results if r.case == "failure storm"}
+    assert {
+        "150 failures, fmhl-ops worker vs arq + one INSERT",
+        "150 failures, fmhl-ops worker vs bare arq",
+        "Redis commands per job (INFO commandstats), ours vs bare arq",
+    } <= storm, storm
+    scale_out = [r for r in results if r.case == "scale-out"]
+    assert [r.baseline is not None and r.baseline > 0 for r in scale_out] == [True], scale_out
