@@ -33,6 +33,7 @@ from shared.infra.redis import create_redis, deserialize_job, serialize_job
 
 READY_KEY_PREFIX = "bench:ready:"
 INSERT_POOL_SIZE = 10
+INSERT_APPLICATION_NAME = "bench-arq-insert"
 
 CREATE_BENCH_FAILURES = """
 CREATE TABLE IF NOT EXISTS bench_failures (
@@ -99,7 +100,10 @@ async def _run(mode: str, queue: str) -> None:
     async def startup(ctx: dict[str, Any]) -> None:
         if mode == "insert":
             ctx["pg"] = await asyncpg.create_pool(
-                os.environ["DATABASE_URL"], min_size=INSERT_POOL_SIZE, max_size=INSERT_POOL_SIZE
+                os.environ["DATABASE_URL"],
+                min_size=INSERT_POOL_SIZE,
+                max_size=INSERT_POOL_SIZE,
+                server_settings={"application_name": INSERT_APPLICATION_NAME},
             )
         await redis.set(f"{READY_KEY_PREFIX}{os.getpid()}", "1", ex=600)
 

@@ -1,6 +1,6 @@
 """Failure storm, measured from outside on the processes as they ship (issue 17 §2).
 
-Three sides, each a separate OS process started *after* its jobs are queued, all with
+Three sides, each a separate OS process, started and idle before its jobs are queued, all with
 ``WORKER_MAX_JOBS=50``, ``WORKER_POLL_DELAY_SECONDS=0`` and the orjson job serializer:
 
 * **ours**: ``fmhl-ops worker distribute_lead``, the shipped command (group commit, fingerprint,
@@ -15,8 +15,12 @@ their rows (first ``failed_at`` to last ``captured_at``), bare by arq's result r
 start ``st`` to last finish ``ft``). Process start-up is outside every window. Rounds alternate
 the order of the sides (ours/insert/bare, bare/insert/ours, ...).
 
-Redis commands per job: ``INFO commandstats`` deltas from just before the process starts until
-the queue is empty, minus the bench's own ``ZCARD`` polls (``INFO`` itself is not counted).
+Redis commands per job: ``INFO commandstats`` deltas from just before the jobs are queued until
+the queue is empty, minus the bench's own ``PSETEX``/``ZADD`` (queueing) and ``ZCARD`` polls
+(``INFO`` itself is not counted). CPU per job, which a machine shared with other work disturbs
+far less than throughput: the worker process's, its Postgres backends' (found by
+``application_name``) and the Redis server's, each over the same window, when they run on this
+machine (``/proc``); reported beside the rates.
 
 Exactly once: every round, ours and insert must hold exactly one row per job (``count`` and
 ``count(DISTINCT job_id)``), bare exactly one arq result per job.
@@ -25,6 +29,7 @@ Exactly once: every round, ours and insert must hold exactly one row per job (``
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import statistics
@@ -41,7 +46,7 @@ import asyncpg
 from arq.constants import result_key_prefix
 from arq.jobs import serialize_job as arq_serialize_job
 
-from bench.arq_baseline import CREATE_BENCH_FAILURES
+from bench.arq_baseline import CREATE_BENCH_FAILURES, INSERT_APPLICATION_NAME, READY_KEY_PREFIX
 from bench.common import Backends, Result, Scale, progress
 from shared.infra.redis import create_redis, deserialize_job, serialize_job
 
@@ -53,13 +58,13 @@ SIDES = ("ours", "insert", "bare")
 ORDERS = (("ours", "insert", "bare"), ("bare", "insert", "ours"), ("insert", "ours", "bare"))
 DRAIN_TIMEOUT_SECONDS = 300.0
 STOP_TIMEOUT_SECONDS = 15.0
+START_TIMEOUT_SECONDS = 60.0
+OURS_APPLICATION_NAME = f"fmhl-ops-worker-{QUEUE}"
 
 
 def worker_env(
     backends: Backends, *, max_jobs: int = MAX_JOBS, poll_delay: float = POLL_DELAY
 ) -> dict[str, str]:
-    import os
-
     env = {
         k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "WORKER_METRICS_PORT")
     }
@@ -148,6 +153,64 @@ async def wait_drained(redis: Any, queue: str, procs: list[subprocess.Popen[byte
         await asyncio.sleep(0.01)
 
 
+def cpu_seconds(pid: int, comm: str | None = None) -> float:
+    """User + system CPU of a live local process (0 if gone, or if its name lacks ``comm``)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            head, _, tail = stat.read().rpartition(")")
+    except OSError:
+        return 0.0
+    if comm is not None and comm not in head:
+        return 0.0
+    fields = tail.split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def backend_pids(conn: Any, application_name: str) -> list[int]:
+    rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = $1", application_name)
+    return [int(row["pid"]) for row in rows]
+
+
+async def wait_ready(redis: Any, conn: Any, side: str, proc: subprocess.Popen[bytes]) -> None:
+    """Until the process polls: ours has written its heartbeat and opened its pool; a baseline
+    has set its ready key (after opening its pool)."""
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while True:
+        if side == "ours":
+            beats = await redis.keys(f"fmhl:heartbeat:{QUEUE}:*-{proc.pid}-*")
+            ready = bool(beats) and bool(await backend_pids(conn, OURS_APPLICATION_NAME))
+        else:
+            ready = bool(await redis.exists(f"{READY_KEY_PREFIX}{proc.pid}"))
+        if ready:
+            return
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"{side} worker did not start (status {proc.poll()})")
+        await asyncio.sleep(0.05)
+
+
+@dataclass(slots=True)
+class CpuUse:
+    """CPU seconds of the worker process, its Postgres backends and the Redis server."""
+
+    worker: float
+    postgres: float
+    redis: float
+
+    def __sub__(self, other: CpuUse) -> CpuUse:
+        return CpuUse(self.worker - other.worker, self.postgres - other.postgres, self.redis - other.redis)
+
+
+async def cpu_use(redis: Any, conn: Any, side: str, proc: subprocess.Popen[bytes]) -> CpuUse:
+    name = {"ours": OURS_APPLICATION_NAME, "insert": INSERT_APPLICATION_NAME}.get(side)
+    backends = await backend_pids(conn, name) if name else []
+    server = int((await redis.info("server"))["process_id"])
+    return CpuUse(
+        cpu_seconds(proc.pid),
+        sum(cpu_seconds(pid, "postgres") for pid in backends),
+        cpu_seconds(server, "redis"),
+    )
+
+
 @dataclass(slots=True)
 class StormRound:
     side: str
@@ -156,6 +219,7 @@ class StormRound:
     commands: Counter[str]
     problem: str | None
     killed: int
+    cpu: CpuUse
 
     @property
     def rate(self) -> float:
@@ -211,22 +275,27 @@ async def _window_from_results(redis: Any, job_ids: list[str]) -> tuple[float, s
 async def storm_round(backends: Backends, redis: Any, side: str, jobs: int) -> StormRound:
     prefix = f"storm-{side}-{uuid.uuid4().hex[:8]}-"
     job_ids = [f"{prefix}{n}" for n in range(jobs)]
-    await enqueue_raw(redis, QUEUE, "distribute_lead", job_ids, [f"not-a-uuid-{n}" for n in range(jobs)])
-    before = await command_counts(redis)
+    conn = await asyncpg.connect(backends.database_url)
     procs = [start(command(side), worker_env(backends))]
     try:
+        await wait_ready(redis, conn, side, procs[0])
+        before = await command_counts(redis)
+        cpu_before = await cpu_use(redis, conn, side, procs[0])
+        await enqueue_raw(redis, QUEUE, "distribute_lead", job_ids, [f"not-a-uuid-{n}" for n in range(jobs)])
         zcards = await wait_drained(redis, QUEUE, procs, DRAIN_TIMEOUT_SECONDS)
+        cpu = await cpu_use(redis, conn, side, procs[0]) - cpu_before
         after = await command_counts(redis)
     finally:
         killed = stop(procs)
+        await conn.close()
     delta = Counter({name: after[name] - before.get(name, 0) for name in after})
-    delta["zcard"] -= zcards
+    delta.subtract({"zcard": zcards, "psetex": jobs, "zadd": jobs})  # the bench's own
     delta = +delta  # drop zero and negative counts
     if side == "bare":
         seconds, problem = await _window_from_results(redis, job_ids)
     else:
         seconds, problem = await _window_from_rows(backends.database_url, side, prefix, jobs)
-    return StormRound(side, jobs, seconds, delta, problem, killed)
+    return StormRound(side, jobs, seconds, delta, problem, killed, cpu)
 
 
 @dataclass(slots=True)
@@ -253,6 +322,15 @@ class StormRounds:
             total.update(r.commands)
             jobs += r.jobs
         return ", ".join(f"{name} {count / jobs:.2f}" for name, count in total.most_common(n))
+
+    def cpu_ms_per_job(self, side: str) -> str:
+        rounds = self.by_side[side]
+
+        def median(part: str) -> float:
+            return statistics.median(1000 * getattr(r.cpu, part) / r.jobs for r in rounds)
+
+        worker, postgres, redis = median("worker"), median("postgres"), median("redis")
+        return f"{side} {worker:.2f} + {postgres:.2f} + {redis:.2f} = {worker + postgres + redis:.2f}"
 
     def describe(self) -> str:
         return "; ".join(f"{side} [{', '.join(f'{v:,.0f}' for v in self.rates(side))}]/s" for side in SIDES)
@@ -312,7 +390,8 @@ def storm_results(rounds: StormRounds, jobs: int, n_rounds: int) -> list[Result]
             baseline=rounds.median_rate("bare"),
             ratio=rounds.ratio("ours", "bare"),
             target=">= 0.6",
-            note=f"insert vs bare {rounds.ratio('insert', 'bare'):.2f}x",
+            note=f"insert vs bare {rounds.ratio('insert', 'bare'):.2f}x; CPU ms per job, worker + its "
+            f"Postgres backends + Redis server: {'; '.join(rounds.cpu_ms_per_job(side) for side in SIDES)}",
         ),
         Result(
             "failure storm",

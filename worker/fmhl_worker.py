@@ -24,8 +24,7 @@ from typing import Any
 
 import redis.exceptions
 from arq.cron import CronJob
-from arq.utils import timestamp_ms
-from arq.worker import Function, Worker
+from arq.worker import Function
 
 from shared.dlq.capture import capture
 from shared.dlq.spool import drain_spool
@@ -37,7 +36,7 @@ from shared.infra.redis import cancelled_job_key, create_redis, deserialize_job,
 from shared.jobs.heartbeat import HEARTBEAT_INTERVAL_SECONDS, Heartbeat, delete_heartbeat, write_heartbeat
 from shared.jobs.queues import ALL_QUEUES
 from worker.failure_records import record_from_silent_failure
-from worker.job_claim import JobClaimer
+from worker.job_claim import ClaimingWorker
 
 LIVENESS_STALE_SECONDS = 60.0
 # Longer than this and the worker starts anyway: jobs then retry with backoff until Postgres is back.
@@ -61,7 +60,7 @@ SHUTDOWN_REDIS_TIMEOUT_SECONDS = 2.0
 REDIS_RETRY_MAX_SECONDS = 2.0
 
 
-class FmhlWorker(Worker):
+class FmhlWorker(ClaimingWorker):
     def __init__(
         self,
         functions: Sequence[Function],
@@ -98,7 +97,6 @@ class FmhlWorker(Worker):
         self.owns_redis = True
         self._spool_task: asyncio.Future[None] | None = None
         self._redis_retry_seconds = REDIS_RETRY_MIN_SECONDS
-        self._claimer: JobClaimer | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def main(self) -> None:
@@ -125,12 +123,9 @@ class FmhlWorker(Worker):
             self._redis_retry_seconds = REDIS_RETRY_MIN_SECONDS
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's ``start_jobs``, claiming each job in one round trip (``worker.job_claim``) instead
-        of four, and skipping, with no Redis call at all, the jobs this process is running (the
-        head of the queue read by a poll is mostly those: arq keeps a job queued until it ends).
-
-        A slot (semaphore + ``job_counter``) is taken before the claim and given back when the
-        claim fails or finds nothing to run; the job started holds exactly that one slot.
+        """arq's ``start_jobs`` takes a slot (semaphore + ``job_counter``) before its Redis calls
+        and does not give it back when one of them fails: each outage would leak a slot until
+        the worker picked no job at all. The job being started holds exactly that one slot.
 
         Every worker of a queue reads the same head of the queue; walked in the same order, two
         workers race for the same ids and a second process adds almost nothing (``make bench``
@@ -140,30 +135,11 @@ class FmhlWorker(Worker):
         if len(job_ids) > 1:
             start = random.randrange(len(job_ids))
             job_ids = job_ids[start:] + job_ids[:start]
-        for job_id_b in job_ids:
-            job_id = job_id_b.decode()
-            running = self.tasks.get(job_id)
-            if running is not None and not running.done():
-                continue
-            await self.sem.acquire()
-            if self.job_counter >= self.max_jobs:
-                self.sem.release()
-                return
-            self.job_counter += 1
-            try:
-                if self._claimer is None:  # arq may dial its own pool in ``main``
-                    ttl_ms = int(self.in_progress_timeout_s * 1000)
-                    self._claimer = JobClaimer(self.pool, self.queue_name, ttl_ms)
-                score = await self._claimer.claim(job_id, timestamp_ms())
-            except BaseException:
-                self._release_sem_dec_counter_on_complete()
-                raise
-            if score is None:  # running elsewhere, finished, or deferred
-                self._release_sem_dec_counter_on_complete()
-                continue
-            task = self.loop.create_task(self.run_job(job_id, score))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
+        try:
+            await super().start_jobs(job_ids)
+        except REDIS_OUTAGE_ERRORS:
+            self._release_sem_dec_counter_on_complete()
+            raise
 
     async def _redis_outage(self, exc: BaseException) -> None:
         delay = self._redis_retry_seconds

@@ -60,3 +60,21 @@ async def test_a_refused_record_does_not_take_its_batch_down(clean_db: Any) -> N
     assert await clean_db.fetchval("SELECT count(*) FROM dead_letter_queue") == 20
     with pytest.raises(Exception):  # noqa: B017 - any database refusal reaches the caller
         await committer.store(dataclasses.replace(bad, job_id="bad-2"))
+
+
+async def test_a_storm_of_spread_out_captures_shares_statements(clean_db: Any) -> None:
+    """A storm's failures arrive one by one (each job fails after its own Redis round trips), not
+    all in one loop turn: written as they came, they cost nearly a statement each (issue 17 §2).
+    Arriving within the storm window of the previous write, they wait a few ms for company."""
+    db = Database.from_pool(load_settings({}), clean_db)
+    committer = committer_for(db)
+
+    async def fail_later(n: int) -> uuid.UUID | None:
+        await asyncio.sleep(n * 0.0002)  # 5,000 failures a second, over 40 ms
+        return await committer.store(_record(f"spread-{n}"))
+
+    results = await asyncio.gather(*(fail_later(n) for n in range(200)))
+    assert all(isinstance(r, uuid.UUID) for r in results)
+    assert await clean_db.fetchval("SELECT count(*) FROM dead_letter_queue") == 200
+    assert committer.statements <= 15, f"{committer.statements} statements for 200 spread-out captures"
+    print(f"200 captures 0.2 ms apart in {committer.statements} statements")

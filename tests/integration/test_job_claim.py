@@ -1,0 +1,79 @@
+"""Claiming a job in one Redis round trip (``worker.job_claim``), against real Redis and arq."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+from arq.constants import in_progress_key_prefix
+
+from shared.infra.config import Settings
+from shared.jobs.enqueue import enqueue
+from shared.jobs.queues import EMAIL_SEND
+from tests.worker_support import job, run_burst
+from worker.job_claim import JobClaimer
+
+QUEUE = EMAIL_SEND
+
+
+async def _queue(redis: Any, job_id: str, score_ms: int) -> None:
+    await redis.zadd(QUEUE, {job_id: score_ms})
+
+
+async def test_a_due_job_is_claimed_once_with_arqs_in_progress_key(redis: Any) -> None:
+    now = int(time.time() * 1000)
+    await _queue(redis, "due-1", now - 5)
+    claimer = JobClaimer(redis, QUEUE, in_progress_ttl_ms=40_000)
+    assert await claimer.claim("due-1", now) == now - 5
+    assert await redis.get(in_progress_key_prefix + "due-1") == b"1"
+    assert 39_000 < await redis.pttl(in_progress_key_prefix + "due-1") <= 40_000
+    assert await claimer.claim("due-1", now) is None, "held: a second claim (any worker) skips it"
+
+
+async def test_deferred_finished_and_foreign_jobs_are_not_claimed(redis: Any) -> None:
+    now = int(time.time() * 1000)
+    claimer = JobClaimer(redis, QUEUE, in_progress_ttl_ms=40_000)
+    await _queue(redis, "later-1", now + 60_000)
+    assert await claimer.claim("later-1", now) is None, "deferred: not due yet"
+    assert not await redis.exists(in_progress_key_prefix + "later-1"), "a skipped job holds no lock"
+    assert await claimer.claim("gone-1", now) is None, "finished: no longer queued"
+    assert not await redis.exists(in_progress_key_prefix + "gone-1")
+    await _queue(redis, "theirs-1", now - 5)
+    await redis.psetex(in_progress_key_prefix + "theirs-1", 40_000, b"1")  # claimed by arq's WATCH/MULTI
+    assert await claimer.claim("theirs-1", now) is None
+
+
+async def test_concurrent_claims_of_one_job_have_one_winner(redis: Any) -> None:
+    now = int(time.time() * 1000)
+    await _queue(redis, "race-1", now - 5)
+    claimers = [JobClaimer(redis, QUEUE, in_progress_ttl_ms=40_000) for _ in range(20)]
+    outcomes = await asyncio.gather(*(c.claim("race-1", now) for c in claimers))
+    assert sum(o is not None for o in outcomes) == 1
+
+
+async def _command_calls(redis: Any) -> Counter[str]:
+    stats = await redis.info("commandstats")
+    return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()})
+
+
+async def test_the_worker_claims_each_job_in_one_round_trip_and_runs_it_once(
+    settings: Settings, clean_db: Any, redis: Any
+) -> None:
+    """arq's claim sent WATCH, EXISTS, ZSCORE and MULTI/PSETEX/EXEC per job; ours one EVALSHA."""
+    runs: Counter[int] = Counter()
+
+    async def count(ctx: dict[str, Any], n: int) -> None:
+        runs[n] += 1
+
+    for n in range(200):
+        await enqueue(redis, "count", queue=QUEUE, n=n)
+    before = await _command_calls(redis)
+    worker = await run_burst(QUEUE, settings, clean_db, redis, [job(QUEUE, "count", count)], max_jobs=20)
+    calls = await _command_calls(redis)
+    calls.subtract(before)
+    assert runs == Counter(range(200)), "every job ran exactly once"
+    assert worker.jobs_complete == 200
+    assert calls["watch"] == 0, calls
+    assert 200 <= calls["evalsha"] + calls["eval"] <= 210, calls
