@@ -37,6 +37,7 @@ from shared.jobs.heartbeat import HEARTBEAT_INTERVAL_SECONDS, Heartbeat, delete_
 from shared.jobs.queues import ALL_QUEUES
 from worker.failure_records import record_from_silent_failure
 from worker.job_claim import ClaimingWorker
+from worker.job_finish import FinishBatchingWorker
 
 LIVENESS_STALE_SECONDS = 60.0
 # Longer than this and the worker starts anyway: jobs then retry with backoff until Postgres is back.
@@ -60,7 +61,7 @@ SHUTDOWN_REDIS_TIMEOUT_SECONDS = 2.0
 REDIS_RETRY_MAX_SECONDS = 2.0
 
 
-class FmhlWorker(ClaimingWorker):
+class FmhlWorker(ClaimingWorker, FinishBatchingWorker):
     def __init__(
         self,
         functions: Sequence[Function],

@@ -1,4 +1,4 @@
-"""``ClaimingWorker``: arq's ``Worker`` that claims a queued job in one Redis round trip.
+"""``ClaimingWorker``: arq's ``Worker`` that claims queued jobs in one Redis round trip.
 
 arq 0.28's ``Worker.start_jobs`` claims each job with ``WATCH`` on its in-progress key, ``EXISTS``,
 ``ZSCORE`` and a ``MULTI``/``PSETEX``/``EXEC``: four round trips, one after another, inside the poll
@@ -6,33 +6,46 @@ loop, for every job. In a failure storm that serial walk is where the worker's t
 socket writes to Redis were the largest share of the process, issue 17 §2), and every job waited
 its turn behind it.
 
-Here the same check-and-set is one Lua script, which Redis runs atomically: the job is claimed
+Here the same check-and-set is one Lua script, which Redis runs atomically: a job is claimed
 (its in-progress key set, for as long as arq sets it) only if no worker holds it and it is still
-queued and due. Same keys, same TTL, same outcome as arq's transaction, so workers of either kind
-can share a queue; a lost race is a skip, as arq's ``WatchError`` is. Jobs this process is
-running are skipped without any Redis call (arq keeps a job in the queue until it ends, so the
-head a poll reads is mostly those).
+queued and due. Same keys, same TTL, same outcome as arq's transaction, so workers of either
+kind can share a queue; a lost race is a skip, as arq's ``WatchError`` is. One call claims as
+many jobs as there are free slots: in a storm, jobs end in bursts (their DLQ rows are committed
+together) and free their slots together. Jobs this process is running are skipped without any
+Redis call (arq keeps a job in the queue until it ends, so the head a poll reads is mostly those).
 
-Slots behave as in arq: one is taken (semaphore + ``job_counter``) before the claim, given back
-when the claim finds nothing to run, held by the job it starts; a Redis error during the claim
-propagates with the slot still taken, as arq's does (``FmhlWorker.start_jobs`` gives it back).
+Slots behave as in arq: one is taken (semaphore + ``job_counter``) per job before the claim,
+given back when the claim finds nothing to run, held by the job it starts; a Redis error during
+the claim propagates with one slot still taken, as arq's does (``FmhlWorker.start_jobs`` gives
+it back).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 
-# KEYS[1] in-progress key, KEYS[2] queue zset; ARGV[1] job id, ARGV[2] now (ms), ARGV[3] TTL (ms)
-CLAIM_JOB_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
-return score
+# KEYS[1] queue zset, KEYS[2..n] the jobs' in-progress keys; ARGV[1] now (ms), ARGV[2] TTL (ms),
+# ARGV[3..n+1] the job ids. One reply per job: its score if claimed, else nil.
+CLAIM_JOBS_SCRIPT = """
+local claimed = {}
+for i = 2, #KEYS do
+    local score = false
+    if redis.call('EXISTS', KEYS[i]) == 0 then
+        score = redis.call('ZSCORE', KEYS[1], ARGV[i + 1])
+        if score and tonumber(score) <= tonumber(ARGV[1]) then
+            redis.call('SET', KEYS[i], '1', 'PX', ARGV[2])
+        else
+            score = false
+        end
+    end
+    claimed[#claimed + 1] = score
+end
+return claimed
 """
 
 
@@ -40,17 +53,20 @@ class JobClaimer:
     """The claim script bound to one Redis client (loaded once, then run by its SHA)."""
 
     def __init__(self, redis: Any, queue: str, in_progress_ttl_ms: int) -> None:
-        self._script = redis.register_script(CLAIM_JOB_SCRIPT)
+        self._script = redis.register_script(CLAIM_JOBS_SCRIPT)
         self._queue = queue
         self._ttl_ms = in_progress_ttl_ms
 
+    async def claim_many(self, job_ids: Sequence[str], now_ms: int) -> list[int | None]:
+        """Per job, its queue score if this worker now holds it; ``None`` if it is running
+        elsewhere, finished, or not due yet (deferred). One round trip for all of them."""
+        keys = [self._queue, *(in_progress_key_prefix + job_id for job_id in job_ids)]
+        scores = await self._script(keys=keys, args=[now_ms, self._ttl_ms, *job_ids])
+        return [None if score is None else int(float(score)) for score in scores]
+
     async def claim(self, job_id: str, now_ms: int) -> int | None:
-        """The job's queue score if this worker now holds it; ``None`` if it is running elsewhere,
-        finished, or not due yet (deferred)."""
-        score = await self._script(
-            keys=[in_progress_key_prefix + job_id, self._queue], args=[job_id, now_ms, self._ttl_ms]
-        )
-        return None if score is None else int(float(score))
+        (score,) = await self.claim_many([job_id], now_ms)
+        return score
 
 
 class ClaimingWorker(Worker):
@@ -64,21 +80,41 @@ class ClaimingWorker(Worker):
         return self._claimer
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """For each due job id not running here: take a slot, claim the job, start it."""
-        for job_id_b in job_ids:
-            job_id = job_id_b.decode()
-            running = self.tasks.get(job_id)
-            if running is not None and not running.done():
-                continue
+        """Take a slot for the next due job not running here (waiting for one if need be), plus
+        every other slot free right now, one per further job; claim them all in one round trip;
+        start what was claimed and give back the other slots."""
+        pending = [job_id.decode() for job_id in job_ids]
+        pending = [job_id for job_id in pending if not self._running_here(job_id)]
+        position = 0
+        while position < len(pending):
             await self.sem.acquire()
-            if self.job_counter >= self.max_jobs:
+            taken = 1
+            while taken < len(pending) - position and not self.sem.locked():
+                await self.sem.acquire()  # a free slot: returns at once
+                taken += 1
+            allowed = max(0, self.max_jobs - self.job_counter)
+            for _ in range(taken - min(taken, allowed)):
                 self.sem.release()
+            taken = min(taken, allowed)
+            if taken == 0:
                 return
-            self.job_counter += 1
-            score = await self.claimer.claim(job_id, timestamp_ms())
-            if score is None:  # running elsewhere, finished, or deferred
-                self._release_sem_dec_counter_on_complete()
-                continue
-            task = self.loop.create_task(self.run_job(job_id, score))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
+            self.job_counter += taken
+            chunk = pending[position : position + taken]
+            position += taken
+            try:
+                scores = await self.claimer.claim_many(chunk, timestamp_ms())
+            except BaseException:
+                for _ in range(taken - 1):  # as arq's: the caller gives back the last slot
+                    self._release_sem_dec_counter_on_complete()
+                raise
+            for job_id, score in zip(chunk, scores, strict=True):
+                if score is None:  # running elsewhere, finished, or deferred
+                    self._release_sem_dec_counter_on_complete()
+                    continue
+                task = self.loop.create_task(self.run_job(job_id, score))
+                task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                self.tasks[job_id] = task
+
+    def _running_here(self, job_id: str) -> bool:
+        task = self.tasks.get(job_id)
+        return task is not None and not task.done()
