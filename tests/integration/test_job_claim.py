@@ -92,3 +92,37 @@ async def test_one_call_claims_a_mixed_batch(redis: Any) -> None:
     ids = ["mix-due", "mix-later", "mix-held", "mix-gone"]
     assert await claimer.claim_many(ids, now) == [now - 5, None, None, None]
     assert [bool(await redis.exists(in_progress_key_prefix + i)) for i in ids] == [True, False, True, False]
+
+
+async def test_our_workers_and_plain_arq_workers_share_a_queue_each_job_once(
+    settings: Settings, clean_db: Any, redis: Any
+) -> None:
+    """The script and arq's WATCH/MULTI guard the same in-progress key: mixed workers never run
+    a job twice (a rolling deploy from plain arq to ours would mix them)."""
+    from arq.worker import Worker, func
+
+    from shared.infra.redis import deserialize_job, serialize_job
+
+    runs: Counter[int] = Counter()
+
+    async def count(ctx: dict[str, Any], n: int) -> None:
+        runs[n] += 1
+        await asyncio.sleep(0.001)
+
+    for n in range(300):
+        await enqueue(redis, "count", queue=QUEUE, n=n)
+    plain = Worker(
+        functions=[func(count, name="count")],
+        queue_name=QUEUE,
+        redis_pool=redis,
+        burst=True,
+        poll_delay=0,
+        max_jobs=20,
+        handle_signals=False,
+        job_serializer=serialize_job,
+        job_deserializer=deserialize_job,
+    )
+    ours = run_burst(QUEUE, settings, clean_db, redis, [job(QUEUE, "count", count)], max_jobs=20)
+    await asyncio.gather(plain.main(), ours)
+    assert runs == Counter(range(300)), {n: c for n, c in runs.items() if c != 1}
+    assert plain.jobs_complete > 0, "both kinds took jobs"
