@@ -8,11 +8,12 @@ latency); captures arriving while a write is in flight join the next batch, one 
 
 Under a storm that alone is not enough: a statement takes about a millisecond, so the captures
 that arrive while one is in flight are one or two, and the storm still paid nearly a statement
-(parse, trigger, commit, two socket round trips) per failure (``make bench``, issue 17 §2). So a
-capture that comes within ``STORM_WINDOW_SECONDS`` of the previous write waits up to
-``STORM_LINGER_SECONDS`` for company before its batch is written: a storm's failures are stored
-tens to a statement, each job held a few milliseconds longer, while an isolated failure is still
-written at once.
+(parse, trigger, commit, two socket round trips) per failure (``make bench``, issue 17 §2). So
+while captures are *concurrent* (a write shared by two or more of them, or more arriving while one
+was written, within the last ``STORM_WINDOW_SECONDS``), a batch waits up to
+``STORM_LINGER_SECONDS`` for company before it is written: a storm's failures are stored tens to a
+statement, each job held a few milliseconds longer. An isolated failure, and captures that come
+one after another from a single caller, are still written at once.
 
 The promise is unchanged: ``store`` returns only after *its* row is committed (or raises, and
 the caller spools the record), so a job is never acknowledged before its failure is durable.
@@ -152,7 +153,8 @@ class GroupCommitter:
         self._writer: asyncio.Future[None] | None = None
         self.statements = 0  # INSERT statements issued, for tests and benchmarks
         self.rows_offered = 0
-        self._last_write = -1.0  # loop time the last write ended
+        self.lingered = 0  # batches that waited for company, for tests and benchmarks
+        self._last_shared = float("-inf")  # loop time a write last showed concurrent captures
 
     async def store(self, record: FailureRecord) -> uuid.UUID | None:
         """The new row's id, or ``None`` when this (queue, job id) was already captured."""
@@ -164,8 +166,8 @@ class GroupCommitter:
 
     async def _write_all(self) -> None:
         loop = asyncio.get_running_loop()
-        if loop.time() - self._last_write < STORM_WINDOW_SECONDS:
-            await asyncio.sleep(STORM_LINGER_SECONDS)  # a storm: let the batch fill
+        if loop.time() - self._last_shared < STORM_WINDOW_SECONDS:
+            await self._linger()  # a storm: let the batch fill
         else:
             # one turn of the event loop: jobs failing in the same iteration join this batch, at
             # no added latency (nothing waits on a timer)
@@ -183,9 +185,14 @@ class GroupCommitter:
                         await self._write([pending])
                     except Exception as row_exc:
                         _settle(pending[1], row_exc)
-            self._last_write = loop.time()
+            if len(batch) > 1 or self._pending:
+                self._last_shared = loop.time()
             if self._pending and len(self._pending) < MAX_BATCH:
-                await asyncio.sleep(STORM_LINGER_SECONDS)  # more arrived while writing: a storm
+                await self._linger()  # more arrived while writing: a storm
+
+    async def _linger(self) -> None:
+        self.lingered += 1
+        await asyncio.sleep(STORM_LINGER_SECONDS)
 
     async def _write(self, batch: list[Pending]) -> None:
         first_of: dict[tuple[str, str], Pending] = {}

@@ -65,7 +65,7 @@ async def test_a_refused_record_does_not_take_its_batch_down(clean_db: Any) -> N
 async def test_a_storm_of_spread_out_captures_shares_statements(clean_db: Any) -> None:
     """A storm's failures arrive one by one (each job fails after its own Redis round trips), not
     all in one loop turn: written as they came, they cost nearly a statement each (issue 17 §2).
-    Arriving within the storm window of the previous write, they wait a few ms for company."""
+    While captures are concurrent, a batch waits a few ms for company."""
     db = Database.from_pool(load_settings({}), clean_db)
     committer = committer_for(db)
 
@@ -78,3 +78,13 @@ async def test_a_storm_of_spread_out_captures_shares_statements(clean_db: Any) -
     assert await clean_db.fetchval("SELECT count(*) FROM dead_letter_queue") == 200
     assert committer.statements <= 15, f"{committer.statements} statements for 200 spread-out captures"
     print(f"200 captures 0.2 ms apart in {committer.statements} statements")
+
+
+async def test_captures_from_one_caller_in_a_row_do_not_wait(clean_db: Any) -> None:
+    """Only concurrency makes a batch wait: one caller capturing again and again (a worker with
+    one slot) would wait for company that never comes."""
+    db = Database.from_pool(load_settings({}), clean_db)
+    committer = committer_for(db)
+    for n in range(30):
+        assert isinstance(await committer.store(_record(f"row-{n}")), uuid.UUID)
+    assert committer.statements == 30 and committer.lingered == 0
