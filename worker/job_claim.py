@@ -22,6 +22,7 @@ it back).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,31 +81,29 @@ class ClaimingWorker(Worker):
         return self._claimer
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """Take a slot for the next due job not running here (waiting for one if need be), plus
-        every other slot free right now, one per further job; claim them all in one round trip;
-        start what was claimed and give back the other slots."""
+        """Walk the ids read by a poll: take every free slot, one per next job not running here,
+        claim those jobs in one round trip, start what was claimed and give back the other slots;
+        with no slot free, wait for a running job to end (as arq waits on its semaphore)."""
         pending = [job_id.decode() for job_id in job_ids]
         pending = [job_id for job_id in pending if not self._running_here(job_id)]
         position = 0
         while position < len(pending):
-            await self.sem.acquire()
-            taken = 1
-            while taken < len(pending) - position and not self.sem.locked():
-                await self.sem.acquire()  # a free slot: returns at once
-                taken += 1
-            allowed = max(0, self.max_jobs - self.job_counter)
-            for _ in range(taken - min(taken, allowed)):
-                self.sem.release()
-            taken = min(taken, allowed)
-            if taken == 0:
-                return
-            self.job_counter += taken
-            chunk = pending[position : position + taken]
-            position += taken
+            free = min(self.max_jobs - self.job_counter, len(pending) - position)
+            if free <= 0:
+                running = [task for task in self.tasks.values() if not task.done()]
+                if not running:
+                    return
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            for _ in range(free):
+                await self.sem.acquire()  # free slots: returns at once
+            self.job_counter += free
+            chunk = pending[position : position + free]
+            position += free
             try:
                 scores = await self.claimer.claim_many(chunk, timestamp_ms())
             except BaseException:
-                for _ in range(taken - 1):  # as arq's: the caller gives back the last slot
+                for _ in range(free - 1):  # as arq's: the caller gives back the last slot
                     self._release_sem_dec_counter_on_complete()
                 raise
             for job_id, score in zip(chunk, scores, strict=True):
