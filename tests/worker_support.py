@@ -32,6 +32,7 @@ async def run_burst(
 ) -> FmhlWorker:
     """Run a burst worker until its queue is empty (deferred retries included)."""
     ctx = {"db": Database.from_pool(settings, pool), **(extra_ctx or {})}
+    kwargs.setdefault("poll_delay", 0)
     worker = build_worker(
         queue,
         settings,
@@ -40,7 +41,6 @@ async def run_burst(
         redis=redis,
         ctx=ctx,
         burst=True,
-        poll_delay=0,
         handle_signals=False,
         **kwargs,
     )
