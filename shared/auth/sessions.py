@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from shared.auth.roles import Role
 from shared.infra.db import Conn, execute, fetchrow
 
 TOKEN_BYTES = 32
@@ -35,7 +36,7 @@ class LiveSession:
     session_id: uuid.UUID
     user_id: uuid.UUID
     email: str
-    role: str
+    role: Role
     expires_at: datetime
 
 

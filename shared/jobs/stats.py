@@ -20,14 +20,16 @@ from shared.infra.errors import DependencyUnavailable
 from shared.infra.metrics import Metrics
 from shared.infra.redis import RedisClient
 from shared.jobs.heartbeat import read_heartbeats
-from shared.jobs.queues import JOB_QUEUES
+from shared.jobs.queues import JOB_QUEUES, JobQueueName
 
 STATS_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    name: str
+    """One job queue: depth = queued + in progress; failures and DLQ size from Postgres."""
+
+    name: JobQueueName
     depth: int
     active: int
     deferred: int
@@ -86,7 +88,7 @@ async def _dlq_side(pool: Any, queues: Sequence[str]) -> dict[str, tuple[int, in
 
 
 async def collect_queue_stats(
-    db: Database, redis: RedisClient, queues: Sequence[str] = JOB_QUEUES
+    db: Database, redis: RedisClient, queues: Sequence[JobQueueName] = JOB_QUEUES
 ) -> list[QueueStats]:
     """Stats for ``queues``; raises ``DependencyUnavailable`` naming the backend that failed."""
 
