@@ -29,7 +29,8 @@ What the contract guarantees, in order, for every request:
    session, 401) or ``"public"``. Checked before any input is read, as before.
 2. ``params``: one ``Struct`` for path *and* query parameters (a field named in the path template
    is a path parameter). Strict: an unknown or repeated query parameter is a 400, an integer
-   field takes only decimal digits, a boolean ``true``/``false``/``1``/``0``; ``Meta`` bounds apply.
+   field takes only decimal digits, a boolean ``true``/``false``/``1``/``0`` (any case), every
+   other field the string as sent (``null`` is the text "null"); ``Meta`` bounds apply.
 3. ``body``: a ``Struct`` with ``forbid_unknown_fields=True``, decoded by ``msgspec.json`` (unknown
    field, wrong type, out of range: 400). ``NoBody``: no request body is documented; an empty body
    or ``{}`` is accepted and anything else is a 400. GET operations never read the body.
@@ -211,12 +212,14 @@ async def _authenticate(request: Request, auth: Auth) -> Principal | None:
 
 # -- decoding ------------------------------------------------------------------------------------
 _DIGITS = re.compile(r"-?[0-9]{1,18}")
+_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
 
 @dataclass(frozen=True, slots=True)
 class _ParamFields:
     names: frozenset[str]
     integers: Mapping[str, str]  # name -> "an integer between 1 and 100"
+    booleans: frozenset[str]
     choices: Mapping[str, tuple[Any, ...]]  # Literal fields -> allowed values
 
 
@@ -237,6 +240,7 @@ def _fields(model: type[Any]) -> _ParamFields:
     info = msgspec.inspect.type_info(model)
     assert isinstance(info, msgspec.inspect.StructType | msgspec.inspect.DataclassType), model
     integers: dict[str, str] = {}
+    booleans: set[str] = set()
     choices: dict[str, tuple[Any, ...]] = {}
     for item in info.fields:
         for kind in _unwrap(item.type):
@@ -244,9 +248,12 @@ def _fields(model: type[Any]) -> _ParamFields:
                 low, high = kind.ge, kind.le
                 span = f" between {low} and {high}" if low is not None and high is not None else ""
                 integers[item.encode_name] = f"an integer{span}"
+            elif isinstance(kind, msgspec.inspect.BoolType):
+                booleans.add(item.encode_name)
             elif isinstance(kind, msgspec.inspect.LiteralType):
                 choices[item.encode_name] = tuple(kind.values)
-    known = _ParamFields(frozenset(f.encode_name for f in info.fields), integers, choices)
+    names = frozenset(f.encode_name for f in info.fields)
+    known = _ParamFields(names, integers, frozenset(booleans), choices)
     _FIELDS[model] = known
     return known
 
@@ -271,8 +278,12 @@ def decode_params(request: Request, model: type[P]) -> P:
             if not _DIGITS.fullmatch(value):
                 raise Invalid(f"{name} must be {fields.integers[name]}")
             raw[name] = int(value)
-    try:
-        return msgspec.convert(raw, model, strict=False)
+        elif name in fields.booleans:
+            if value.lower() not in _BOOLEANS:
+                raise Invalid(f"{name} must be true or false")
+            raw[name] = _BOOLEANS[value.lower()]
+    try:  # strict: every other value stays the string it was ("null" is not None)
+        return msgspec.convert(raw, model)
     except msgspec.ValidationError as exc:
         raise Invalid(_human(exc, model, "query parameter")) from exc
 
