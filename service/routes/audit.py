@@ -29,19 +29,11 @@ class AuditList:
     items: list[audit.AuditEntry]
 
 
-@operation(
-    "GET",
-    "/api/v1/admin/audit",
-    params=AuditQuery,
-    body=NoBody,
-    response=AuditList,
-    operation_id="listAuditLog",
-    summary="Newest audit rows (who changed what, from where, in which request)",
-    response_description="audit rows, newest first",
-    tags=("admin",),
-    auth="admin",
-    errors=(400, 401, 403, 503),
-)
+@operation("GET", "/api/v1/admin/audit", params=AuditQuery, body=NoBody, response=AuditList,
+           operation_id="listAuditLog",
+           summary="Newest audit rows (who changed what, from where, in which request)",
+           response_description="audit rows, newest first", tags=("admin",), auth="admin",
+           errors=(400, 401, 403, 503))  # fmt: skip
 async def list_audit(call: Call[AuditQuery, NoBody]) -> AuditList:
     query = call.params
     async with call.state.db.pool.acquire() as conn:

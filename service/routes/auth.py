@@ -98,21 +98,10 @@ async def login_endpoint(call: Call[NoParams, LoginBody]) -> SessionOpened | Res
     return SessionOpened(result.session.token, result.session.expires_at.replace(microsecond=0))
 
 
-@operation(
-    "POST",
-    "/api/v1/auth/logout",
-    params=NoParams,
-    body=NoBody,
-    response=NoContent,
-    status=204,
-    operation_id="logout",
-    summary="Revoke the session of the bearer token",
-    response_description="session revoked",
-    tags=("auth",),
-    auth="session",
-    errors=(401, 503),
-    error_descriptions={401: UNAUTHENTICATED, 503: "database unavailable"},
-)
+@operation("POST", "/api/v1/auth/logout", params=NoParams, body=NoBody, response=NoContent, status=204,
+           operation_id="logout", summary="Revoke the session of the bearer token",
+           response_description="session revoked", tags=("auth",), auth="session", errors=(401, 503),
+           error_descriptions={401: UNAUTHENTICATED, 503: "database unavailable"})  # fmt: skip
 async def logout_endpoint(call: Call[NoParams, NoBody]) -> NoContent:
     principal = call.principal
     async with call.state.db.pool.acquire() as conn:

@@ -121,18 +121,9 @@ def _actor(call: Call[Any, Any]) -> Actor:
     return Actor(name=call.principal.email, user_id=call.principal.user_id, ip=call.ip)
 
 
-@operation(
-    "GET",
-    BASE,
-    params=DlqQuery,
-    body=NoBody,
-    response=DlqPage,
-    operation_id="listDlqEntries",
-    summary="List DLQ entries, newest first (keyset pagination)",
-    response_description="a page",
-    errors=READ_ERRORS,
-    **ADMIN,
-)
+@operation("GET", BASE, params=DlqQuery, body=NoBody, response=DlqPage, operation_id="listDlqEntries",
+           summary="List DLQ entries, newest first (keyset pagination)", response_description="a page",
+           errors=READ_ERRORS, **ADMIN)  # fmt: skip
 async def list_dlq(call: Call[DlqQuery, NoBody]) -> DlqPage:
     query = call.params
     filters = DlqFilter(queue=query.queue, resolved=query.resolved, fingerprint=query.fingerprint, q=query.q)
@@ -141,36 +132,20 @@ async def list_dlq(call: Call[DlqQuery, NoBody]) -> DlqPage:
         return await list_entries(conn, filters, limit=query.limit, cursor=query.cursor, secret=secret)
 
 
-@operation(
-    "GET",
-    f"{BASE}/groups",
-    params=GroupsQuery,
-    body=NoBody,
-    response=DlqGroupList,
-    operation_id="listDlqGroups",
-    summary="Failures grouped by fingerprint (unresolved by default)",
-    response_description="groups",
-    errors=READ_ERRORS,
-    **ADMIN,
-)
+@operation("GET", f"{BASE}/groups", params=GroupsQuery, body=NoBody, response=DlqGroupList,
+           operation_id="listDlqGroups", summary="Failures grouped by fingerprint (unresolved by default)",
+           response_description="groups", errors=READ_ERRORS, **ADMIN)  # fmt: skip
 async def dlq_groups(call: Call[GroupsQuery, NoBody]) -> DlqGroupList:
     async with call.state.db.pool.acquire() as conn:
         groups = await group_entries(conn, queue=call.params.queue, resolved=call.params.resolved)
     return DlqGroupList(groups)
 
 
-@operation(
-    "GET",
-    f"{BASE}/rejected",
-    params=RejectedQuery,
-    body=NoBody,
-    response=RejectedList,
-    operation_id="listRejectedDlqRecords",
-    summary="DLQ records Postgres refused (kept in Redis for an operator), newest first",
-    response_description="the newest rejected records and how many there are",
-    errors=READ_ERRORS,
-    **ADMIN,
-)
+@operation("GET", f"{BASE}/rejected", params=RejectedQuery, body=NoBody, response=RejectedList,
+           operation_id="listRejectedDlqRecords",
+           summary="DLQ records Postgres refused (kept in Redis for an operator), newest first",
+           response_description="the newest rejected records and how many there are", errors=READ_ERRORS,
+           **ADMIN)  # fmt: skip
 async def dlq_rejected(call: Call[RejectedQuery, NoBody]) -> RejectedList:
     """Records Postgres refused (``shared.dlq.rejects``), newest first, with the refusal."""
     try:
@@ -180,19 +155,10 @@ async def dlq_rejected(call: Call[RejectedQuery, NoBody]) -> RejectedList:
     return RejectedList(total, msgspec.convert(entries, list[RejectedRecord]))
 
 
-@operation(
-    "POST",
-    f"{BASE}/retry",
-    params=NoParams,
-    body=BulkRetryBody,
-    response=BulkRetryAccepted,
-    status=202,
-    operation_id="bulkRetryDlqEntries",
-    summary="Bulk redrive by ids or by queue + fingerprint; each entry exactly once",
-    response_description="re-enqueued",
-    errors=(400, 401, 403, 413, 503),
-    **ADMIN,
-)
+@operation("POST", f"{BASE}/retry", params=NoParams, body=BulkRetryBody, response=BulkRetryAccepted,
+           status=202, operation_id="bulkRetryDlqEntries",
+           summary="Bulk redrive by ids or by queue + fingerprint; each entry exactly once",
+           response_description="re-enqueued", errors=(400, 401, 403, 413, 503), **ADMIN)  # fmt: skip
 async def dlq_bulk_retry(call: Call[NoParams, BulkRetryBody]) -> BulkRetryAccepted:
     body = call.body
     result = await bulk_retry(
@@ -208,55 +174,29 @@ async def dlq_bulk_retry(call: Call[NoParams, BulkRetryBody]) -> BulkRetryAccept
     return BulkRetryAccepted(result.retried, result.job_ids)
 
 
-@operation(
-    "GET",
-    BASE + "/{entry_id}",
-    params=EntryRef,
-    body=NoBody,
-    response=DlqEntryDetail,
-    operation_id="getDlqEntry",
-    summary="One DLQ entry with payload and stack trace",
-    response_description="the entry",
-    errors=(400, 401, 403, 404, 503),
-    **ADMIN,
-)
+@operation("GET", BASE + "/{entry_id}", params=EntryRef, body=NoBody, response=DlqEntryDetail,
+           operation_id="getDlqEntry", summary="One DLQ entry with payload and stack trace",
+           response_description="the entry", errors=(400, 401, 403, 404, 503), **ADMIN)  # fmt: skip
 async def dlq_detail(call: Call[EntryRef, NoBody]) -> DlqEntryDetail:
     async with call.state.db.pool.acquire() as conn:
         return await get_entry(conn, call.params.entry_id)
 
 
-@operation(
-    "POST",
-    BASE + "/{entry_id}/retry",
-    params=EntryRef,
-    body=NoBody,
-    response=RetryAccepted,
-    status=202,
-    operation_id="retryDlqEntry",
-    summary="Re-enqueue the original call on its queue, exactly once",
-    response_description="re-enqueued",
-    errors=(400, 401, 403, 404, 409, 413, 503),
-    **ADMIN,
-)
+@operation("POST", BASE + "/{entry_id}/retry", params=EntryRef, body=NoBody, response=RetryAccepted,
+           status=202, operation_id="retryDlqEntry",
+           summary="Re-enqueue the original call on its queue, exactly once",
+           response_description="re-enqueued", errors=(400, 401, 403, 404, 409, 413, 503),
+           **ADMIN)  # fmt: skip
 async def dlq_retry(call: Call[EntryRef, NoBody]) -> RetryAccepted:
     state = call.state
     job_id = await retry_entry(state.db.pool, state.redis, state.metrics, call.params.entry_id, _actor(call))
     return RetryAccepted(job_id)
 
 
-@operation(
-    "POST",
-    BASE + "/{entry_id}/resolve",
-    params=EntryRef,
-    body=ResolveBody,
-    response=DlqEntryDetail,
-    body_required=False,
-    operation_id="resolveDlqEntry",
-    summary="Mark resolved by hand, with an optional note",
-    response_description="the resolved entry",
-    errors=(400, 401, 403, 404, 409, 413, 503),
-    **ADMIN,
-)
+@operation("POST", BASE + "/{entry_id}/resolve", params=EntryRef, body=ResolveBody, response=DlqEntryDetail,
+           body_required=False, operation_id="resolveDlqEntry",
+           summary="Mark resolved by hand, with an optional note", response_description="the resolved entry",
+           errors=(400, 401, 403, 404, 409, 413, 503), **ADMIN)  # fmt: skip
 async def dlq_resolve(call: Call[EntryRef, ResolveBody]) -> DlqEntryDetail:
     return await resolve_entry(call.state.db.pool, call.params.entry_id, _actor(call), call.body.note)
 

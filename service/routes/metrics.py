@@ -41,19 +41,9 @@ async def refresh_scrape_gauges(state: AppState) -> None:
         log_event("WARNING", "scrape_gauges_stale", error_type=type(exc).__name__)
 
 
-@operation(
-    "GET",
-    "/metrics",
-    params=NoParams,
-    body=NoBody,
-    response=str,
-    media_type="text/plain",
-    operation_id="metrics",
-    summary="Prometheus metrics (text exposition format 0.0.4)",
-    response_description="metrics",
-    tags=("probes",),
-    auth="public",
-)
+@operation("GET", "/metrics", params=NoParams, body=NoBody, response=str, media_type="text/plain",
+           operation_id="metrics", summary="Prometheus metrics (text exposition format 0.0.4)",
+           response_description="metrics", tags=("probes",), auth="public")  # fmt: skip
 async def metrics_endpoint(call: Call[NoParams, NoBody]) -> Response:
     state = call.state
     await refresh_scrape_gauges(state)

@@ -13,19 +13,10 @@ class QueueList:
     queues: list[QueueStats]
 
 
-@operation(
-    "GET",
-    "/api/v1/admin/queues",
-    params=NoParams,
-    body=NoBody,
-    response=QueueList,
-    operation_id="listQueues",
-    summary="Queue depth, activity and failures for the three job queues",
-    response_description="one item per queue",
-    tags=("admin",),
-    auth="admin",
-    errors=(400, 401, 403, 503),
-)
+@operation("GET", "/api/v1/admin/queues", params=NoParams, body=NoBody, response=QueueList,
+           operation_id="listQueues", summary="Queue depth, activity and failures for the three job queues",
+           response_description="one item per queue", tags=("admin",), auth="admin",
+           errors=(400, 401, 403, 503))  # fmt: skip
 async def list_queues(call: Call[NoParams, NoBody]) -> QueueList:
     state = call.state
     stats = await collect_queue_stats(state.db, state.redis)

@@ -14,7 +14,7 @@ import hmac
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 import orjson
 from msgspec import Meta
@@ -67,7 +67,8 @@ class DlqEntry:
     ]
 
     @classmethod
-    def from_row(cls, row: Any) -> DlqEntry:
+    def from_row(cls, row: Any) -> Self:
+        """From a row of ``LIST_COLUMNS`` (``DlqEntryDetail``: of ``GET_ENTRY``)."""
         data = dict(row)
         data["queue"] = data.pop("queue_name")
         data["resolved"] = data["resolved_at"] is not None
@@ -86,13 +87,6 @@ class DlqEntryDetail(DlqEntry):
         str | None,
         Meta(description="why args/kwargs were not stored (too large, not JSON); not retryable then"),
     ]
-
-    @classmethod
-    def from_row(cls, row: Any) -> DlqEntryDetail:
-        data = dict(row)
-        data["queue"] = data.pop("queue_name")
-        data["resolved"] = data["resolved_at"] is not None
-        return cls(**data)
 
 
 @dataclass(frozen=True, slots=True)
