@@ -24,7 +24,8 @@ from starlette.responses import JSONResponse, Response
 
 from service import openapi
 from service.app import api_operations
-from service.contract import Call, NoBody, NoParams, decode_body, decode_params, openapi_document, operation
+from service.contract import Call, NoBody, NoParams, decode_body, decode_params, operation
+from service.openapi import openapi_document
 from service.routes.dlq import BulkRetryBody, DlqQuery, EntryRef
 from shared.dlq.reasons import FAILURE_REASONS, RESOLUTIONS
 from shared.infra.errors import Invalid
