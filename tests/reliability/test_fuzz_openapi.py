@@ -247,7 +247,7 @@ def _conforms(raw: str, schema: dict[str, Any]) -> bool:
         if not re.fullmatch(r"-?\d+", raw):
             return False
         value = int(raw)
-    elif kind == "boolean":  # the API also takes 1/0 (service/validation.py optional_bool)
+    elif kind == "boolean":  # the API also takes 1/0, any case (service/contract.py decode_params)
         if raw.lower() not in ("true", "false", "1", "0"):
             return False
         value = raw.lower() in ("true", "1")
