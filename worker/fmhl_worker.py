@@ -24,7 +24,7 @@ from typing import Any
 
 import redis.exceptions
 from arq.cron import CronJob
-from arq.worker import Function, Worker
+from arq.worker import Function
 
 from shared.dlq.capture import capture
 from shared.dlq.spool import drain_spool
@@ -36,6 +36,7 @@ from shared.infra.redis import cancelled_job_key, create_redis, deserialize_job,
 from shared.jobs.heartbeat import HEARTBEAT_INTERVAL_SECONDS, Heartbeat, delete_heartbeat, write_heartbeat
 from shared.jobs.queues import ALL_QUEUES
 from worker.failure_records import record_from_silent_failure
+from worker.queue_pause import PausableWorker
 
 LIVENESS_STALE_SECONDS = 60.0
 # Longer than this and the worker starts anyway: jobs then retry with backoff until Postgres is back.
@@ -59,7 +60,7 @@ SHUTDOWN_REDIS_TIMEOUT_SECONDS = 2.0
 REDIS_RETRY_MAX_SECONDS = 2.0
 
 
-class FmhlWorker(Worker):
+class FmhlWorker(PausableWorker):
     def __init__(
         self,
         functions: Sequence[Function],

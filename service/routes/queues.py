@@ -21,7 +21,14 @@ async def list_queues(request: Request, principal: Principal) -> Response:
     state = app_state(request)
     stats = await collect_queue_stats(state.db, state.redis)
     export_queue_gauges(stats, state.metrics)
-    return JSONResponse({"queues": [dataclass_to_dict(item) for item in stats]})
+    return JSONResponse(
+        {
+            "queues": [
+                {**dataclass_to_dict(item), "paused": item.paused.as_json() if item.paused else None}
+                for item in stats
+            ]
+        }
+    )
 
 
 ROUTES = [Route("/api/v1/admin/queues", admin_endpoint(list_queues), methods=["GET"])]
@@ -36,6 +43,7 @@ QUEUE_SCHEMA: dict[str, Any] = {
         "oldest_job_age_seconds",
         "failed_last_hour",
         "dlq_size",
+        "paused",
     ],
     "properties": {
         "name": {"type": "string", "enum": ["distribute_lead", "email_send", "report_export"]},
@@ -45,6 +53,21 @@ QUEUE_SCHEMA: dict[str, Any] = {
         "oldest_job_age_seconds": {"type": "number", "minimum": 0},
         "failed_last_hour": {"type": "integer", "minimum": 0},
         "dlq_size": {"type": "integer", "minimum": 0},
+        "paused": {
+            "description": "null while the queue runs; who paused it, why and since when otherwise",
+            "oneOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "required": ["by", "reason", "since"],
+                    "properties": {
+                        "by": {"type": "string"},
+                        "reason": {"type": "string"},
+                        "since": {"type": "string", "format": "date-time"},
+                    },
+                },
+            ],
+        },
     },
 }
 
