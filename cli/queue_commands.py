@@ -21,12 +21,13 @@ from typing import Any, TypeVar
 import asyncpg
 
 from cli.errors import CliError
+from shared.controls.pause import check_pausable, pause_queue, resume_queue
 from shared.infra.config import Settings
 from shared.infra.correlation import bind_correlation_id, reset_correlation_id
 from shared.infra.db import create_pool
 from shared.infra.errors import DomainError
 from shared.infra.redis import create_redis
-from shared.jobs.pause import check_pausable, pause_queue, read_pauses, resume_queue
+from shared.jobs.pause_state import read_pauses
 from shared.jobs.queues import JOB_QUEUES
 
 T = TypeVar("T")

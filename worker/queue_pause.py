@@ -1,6 +1,6 @@
 """``PausableWorker``: arq's ``Worker`` that starts no job while its queue is paused.
 
-The pause itself (Redis key, audit, exactly once) is ``shared.jobs.pause``. Here only the gate:
+The pause itself (Redis key, audit, exactly once) is ``shared.controls.pause``. Here only the gate:
 each poll refreshes the cached state (one ``EXISTS`` at most every ``PAUSE_REFRESH_SECONDS``;
 a Redis error propagates to the poll's outage handling), and ``start_jobs`` starts nothing while
 paused. Everything else of the poll goes on: running jobs finish, aborts are honoured, the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from arq.worker import Worker
 
-from shared.jobs.pause import PauseGate
+from shared.jobs.pause_state import PauseGate
 
 
 class PausableWorker(Worker):

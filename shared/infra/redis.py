@@ -14,7 +14,7 @@ Keys (all under ``fmhl:``; arq's own keys keep arq's names):
 | ``fmhl:heartbeat:{queue}:{worker_id}`` | string (JSON), TTL | each worker |
 | ``fmhl:heartbeats`` | zset: heartbeat key → expiry (epoch s) | each worker (the index readers use) |
 | ``fmhl:job:cancelled:{job_id}`` | string, TTL 1 day | the failure decorator, when a try is cancelled |
-| ``fmhl:queue:paused:{queue}`` | string (JSON: by, reason, since), no TTL | ``shared.jobs.pause`` |
+| ``fmhl:queue:paused:{queue}`` | string (JSON: by, reason, since), no TTL | ``shared.controls.pause`` |
 | ``fmhl:job:last_error:{job_id}`` | string (JSON: try, error), TTL 1 day | failure decorator, on ``Retry`` |
 | ``fmhl:retrying:{queue}`` | zset: job id → next attempt (epoch ms) | failure decorator, on ``Retry`` |
 | ``fmhl:job:abort:{job_id}`` | string (JSON: by, reason, at), TTL 1 day | ``shared.jobs.actions`` |

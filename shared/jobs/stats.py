@@ -4,7 +4,7 @@ Never ``queued_jobs()`` or ``all_job_results()`` (they read every job: ~1 s at 5
 depth = ``ZCARD`` (arq keeps a job in the queue zset until it finishes, so queued + in
 progress); deferred = ``ZCOUNT (now +inf``; oldest age = now - score of ``ZRANGE 0 0 WITHSCORES``
 when that job is due; active = the workers' heartbeats; paused = the queue's pause key
-(``shared.jobs.pause``, ``None`` when running); failed_last_hour and dlq_size from the DLQ.
+(``shared.controls.pause``, ``None`` when running); failed_last_hour and dlq_size from the DLQ.
 A backend that cannot be reached raises ``DependencyUnavailable`` (503), never zeros.
 """
 
@@ -21,7 +21,7 @@ from shared.infra.errors import DependencyUnavailable
 from shared.infra.metrics import Metrics
 from shared.infra.redis import RedisClient
 from shared.jobs.heartbeat import read_heartbeats
-from shared.jobs.pause import PauseState, read_pauses
+from shared.jobs.pause_state import PauseState, read_pauses
 from shared.jobs.queues import JOB_QUEUES
 
 STATS_TIMEOUT_SECONDS = 2.0

@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 from arq.worker import Function
 
+from shared.controls.pause import pause_queue, resume_queue
 from shared.infra.config import Settings
 from shared.infra.db import Database
 from shared.infra.errors import Conflict, Invalid
 from shared.jobs.enqueue import enqueue
-from shared.jobs.pause import PAUSE_REFRESH_SECONDS, pause_queue, read_pause, resume_queue
+from shared.jobs.pause_state import PAUSE_REFRESH_SECONDS, read_pause
 from shared.jobs.queues import DISTRIBUTE_LEAD, EMAIL_SEND, SCHEDULER
 from tests.procs import FMHL_OPS, base_env
 from tests.worker_support import job

@@ -21,11 +21,11 @@ from cryptography.fernet import Fernet
 from prometheus_client.parser import text_string_to_metric_families
 
 from cli.embedded import EmbeddedRedis
+from shared.controls.pause import pause_queue
 from shared.infra.config import Settings
 from shared.infra.redis import create_redis
 from shared.jobs.enqueue import enqueue
 from shared.jobs.heartbeat import Heartbeat, write_heartbeat
-from shared.jobs.pause import pause_queue
 from shared.jobs.queues import DISTRIBUTE_LEAD, EMAIL_SEND, REPORT_EXPORT, SCHEDULER
 from shared.jobs.stats import STATS_TIMEOUT_SECONDS
 from tests.factories import bulk_create_dlq_entries, create_admin, create_admin_session, create_dlq_entry

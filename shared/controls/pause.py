@@ -16,28 +16,23 @@ Invariants:
 * a pause stops *starting* jobs only: running jobs finish, enqueueing keeps working, queued jobs
   burn no try (a job not started is not tried). Readiness does not look at it.
 
-Workers read the key through ``PauseGate``, at most every ``PAUSE_REFRESH_SECONDS`` and only when
-they have a job to start, so a pause takes effect within that interval plus one poll.
+Workers read the key through ``shared.jobs.pause_state.PauseGate``, at most every
+``PAUSE_REFRESH_SECONDS``, so a pause takes effect within that interval plus one poll.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-
-import orjson
 
 from shared import audit
 from shared.infra.db import Conn
 from shared.infra.errors import Conflict, Invalid
 from shared.infra.logs import log_event
 from shared.infra.redis import RedisClient, queue_paused_key
+from shared.jobs.pause_state import PauseState, read_pause
 from shared.jobs.queues import JOB_QUEUES, SCHEDULER
 
-PAUSE_REFRESH_SECONDS = 0.5
 REASON_MAX_CHARS = 500
 ACTION_PAUSE = "queue.pause"
 ACTION_RESUME = "queue.resume"
@@ -49,26 +44,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-
-@dataclass(frozen=True, slots=True)
-class PauseState:
-    by: str
-    reason: str
-    since: datetime
-
-    def as_json(self) -> dict[str, str]:
-        return {"by": self.by, "reason": self.reason, "since": self.since.isoformat()}
-
-    def encode(self) -> bytes:
-        return orjson.dumps(self.as_json())
-
-    @classmethod
-    def decode(cls, raw: bytes | str) -> PauseState:
-        data: dict[str, Any] = orjson.loads(raw)
-        return cls(
-            by=str(data["by"]), reason=str(data["reason"]), since=datetime.fromisoformat(data["since"])
-        )
 
 
 def check_pausable(queue: str) -> None:
@@ -90,17 +65,6 @@ def clean_reason(reason: str | None, *, required: bool) -> str:
     if len(text) > REASON_MAX_CHARS:
         raise Invalid(f"the reason is longer than {REASON_MAX_CHARS} characters", code="reason_too_long")
     return text
-
-
-async def read_pause(redis: RedisClient, queue: str) -> PauseState | None:
-    raw = await redis.get(queue_paused_key(queue))
-    return PauseState.decode(raw) if raw else None
-
-
-async def read_pauses(redis: RedisClient, queues: Sequence[str]) -> dict[str, PauseState | None]:
-    """Every queue's state in one ``MGET``."""
-    raws = await redis.mget([queue_paused_key(queue) for queue in queues])
-    return {queue: PauseState.decode(raw) if raw else None for queue, raw in zip(queues, raws, strict=True)}
 
 
 async def pause_queue(
@@ -170,26 +134,3 @@ async def resume_queue(
             raise Conflict(f"queue {queue} is not paused", code="not_paused")
     log_event("INFO", "queue_resumed", queue=queue, actor=actor, paused_for_s=paused_s)
     return ended
-
-
-class PauseGate:
-    """A worker's cached view of its queue's pause key: one ``GET`` per refresh interval, and
-    only when the worker has jobs to start (an idle worker adds no Redis command)."""
-
-    def __init__(self, queue: str, refresh_seconds: float = PAUSE_REFRESH_SECONDS) -> None:
-        self.queue = queue
-        self.refresh_seconds = refresh_seconds
-        self.paused = False
-        self._checked_at = float("-inf")
-
-    async def is_paused(self, redis: RedisClient) -> bool:
-        now = time.monotonic()
-        if now - self._checked_at >= self.refresh_seconds:
-            paused = bool(await redis.exists(queue_paused_key(self.queue)))
-            self._checked_at = time.monotonic()
-            if paused != self.paused:
-                log_event(
-                    "INFO", "worker_queue_paused" if paused else "worker_queue_resumed", queue=self.queue
-                )
-            self.paused = paused
-        return self.paused
