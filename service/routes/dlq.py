@@ -36,6 +36,7 @@ from shared.dlq.browse import (
     list_entries,
     parse_entry_id,
 )
+from shared.dlq.reasons import DLQ_REASONS
 from shared.dlq.redrive import DEFAULT_BULK, MAX_BULK, Actor, bulk_retry, resolve_entry, retry_entry
 from shared.dlq.rejects import MAX_LISTED, newest_rejected
 from shared.infra.errors import DependencyUnavailable, Invalid
@@ -169,14 +170,7 @@ ENTRY_PROPERTIES: dict[str, Any] = {
     "attempts": {"type": "integer"},
     "reason": {
         "type": "string",
-        "enum": [
-            "exhausted",
-            "permanent",
-            "max_tries_exceeded",
-            "worker_lost",
-            "expired",
-            "function_not_found",
-        ],
+        "enum": list(DLQ_REASONS),
     },
     "enqueued_at": _TIME,
     "failed_at": {"type": "string", "format": "date-time"},

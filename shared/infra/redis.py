@@ -38,6 +38,7 @@ QUEUE_PAUSED_KEY_PREFIX: Final = "fmhl:queue:paused:"
 JOB_LAST_ERROR_KEY_PREFIX: Final = "fmhl:job:last_error:"
 RETRYING_INDEX_KEY_PREFIX: Final = "fmhl:retrying:"
 JOB_ABORT_KEY_PREFIX: Final = "fmhl:job:abort:"
+JOB_ENDED_KEY_PREFIX: Final = "fmhl:job:ended:"
 RESULT_MESSAGE_LIMIT: Final = 8192
 
 
@@ -63,6 +64,10 @@ def retrying_index_key(queue: str) -> str:
 
 def job_abort_key(job_id: str) -> str:
     return f"{JOB_ABORT_KEY_PREFIX}{job_id}"
+
+
+def job_ended_key(job_id: str) -> str:
+    return f"{JOB_ENDED_KEY_PREFIX}{job_id}"
 
 
 def _json_default(value: Any) -> Any:
