@@ -12,11 +12,13 @@ States (one per job, decided in this order):
 Paging is keyset over a sorted set, never a keyspace ``SCAN`` and never arq's ``queued_jobs()``:
 queued and scheduled walk the queue zset by (score, job id) from the ``now`` boundary, retrying
 walks the retrying index, running reads the heartbeats (at most workers x ``max_jobs`` items).
-Each batch's per-job keys (definition, try counter, in-progress flag, retrying membership, last
-error) come back in one pipeline. A batch whose jobs turn out to be in another state (a running
-job sits in the queue zset too) is skipped over: a page may come back shorter than ``limit``
-after ``MAX_BATCHES`` batches, with a cursor to continue. The cursor is opaque (base64 JSON of the
-last (score, job id) seen), so a job finishing between two pages neither repeats nor skips others.
+A Lua script walks the set from the cursor and keeps the members in the wanted state (a running
+job sits in the queue zset too; retrying and scheduled jobs share score ranges), so a page is one
+round trip whatever lies in between; it examines at most ``MAX_SCAN`` members, so a page may come
+back shorter than ``limit``, with a cursor to continue. The script returns each kept job's keys
+(definition, try counter, last error, score) with it: a page is one round trip.
+The cursor is opaque (base64 JSON of the last (score, job id) examined), so a job finishing
+between two pages neither repeats nor skips others.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import orjson
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
 from shared.infra.errors import Invalid, NotFound
-from shared.infra.redis import RedisClient, job_last_error_key, retrying_index_key
+from shared.infra.redis import JOB_LAST_ERROR_KEY_PREFIX, RedisClient, job_last_error_key, retrying_index_key
 from shared.jobs.catalogue import jobs_on
 from shared.jobs.heartbeat import read_heartbeats
 from shared.jobs.queues import CORRELATION_KWARG, JOB_QUEUES, RETRY_OF_KWARG
@@ -45,7 +47,6 @@ LIST_PREVIEW_CHARS = 200
 DETAIL_PREVIEW_CHARS = 4096
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
-MAX_BATCHES = 5
 _RESERVED_KWARGS = (CORRELATION_KWARG, RETRY_OF_KWARG)
 
 
@@ -134,6 +135,7 @@ class _Keys:
     in_progress: bool
     retrying: bool
     last_error: LastError | None
+    score: float | None = None  # in the queue zset; None once the job left the queue
 
 
 async def _read_keys(redis: RedisClient, queue: str, job_ids: Sequence[str]) -> list[_Keys]:
@@ -147,10 +149,11 @@ async def _read_keys(redis: RedisClient, queue: str, job_ids: Sequence[str]) -> 
         pipe.exists(in_progress_key_prefix + job_id)
         pipe.zscore(index, job_id)
         pipe.get(job_last_error_key(job_id))
+        pipe.zscore(queue, job_id)
     replies = await pipe.execute()
     keys = []
     for n in range(len(job_ids)):
-        definition, tries, in_progress, retrying, last_error = replies[n * 5 : n * 5 + 5]
+        definition, tries, in_progress, retrying, last_error, score = replies[n * 6 : n * 6 + 6]
         keys.append(
             _Keys(
                 definition=definition,
@@ -158,6 +161,7 @@ async def _read_keys(redis: RedisClient, queue: str, job_ids: Sequence[str]) -> 
                 in_progress=bool(in_progress),
                 retrying=retrying is not None,
                 last_error=LastError.decode(last_error) if last_error else None,
+                score=float(score) if score is not None else None,
             )
         )
     return keys
@@ -225,6 +229,95 @@ async def _running_by_worker(redis: RedisClient, queue: str) -> dict[str, tuple[
     }
 
 
+# Walks ``KEYS[1]`` (the queue zset, or the retrying index) in (score, member) order from the
+# cursor and keeps the members whose state is ARGV[5], until ARGV[6] are found, ARGV[7] members
+# were examined, or a score passes ARGV[2]. Server-side, so a page over a queue whose head is full
+# of other states costs one round trip, not one per batch. It reads the per-job keys by name
+# (arq's prefixes), which a single Redis (not a cluster) allows.
+# KEYS: source, queue, retrying index. ARGV: start rank, high, after score ('' = none), after id,
+# state, limit, max scan, now ms, last-error key prefix. Returns {exhausted, last score, last id,
+# n found, (id, definition, tries, last error, queue score) per found job..., stale ids...}
+# (stale: retrying-index members whose job left the queue). One round trip per page.
+_PAGE = """
+local source, queue, index = KEYS[1], KEYS[2], KEYS[3]
+local high = tonumber(ARGV[2])
+local has_after = ARGV[3] ~= ''
+local after_score = tonumber(ARGV[3])
+local after_id = ARGV[4]
+local want, limit, max_scan, now = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local rank = tonumber(ARGV[1])
+local exact = false
+if has_after then
+    local r = redis.call('ZRANK', source, after_id)
+    local s = redis.call('ZSCORE', source, after_id)
+    if r and s and tonumber(s) == after_score then
+        rank, exact = r + 1, true
+    else
+        rank = redis.call('ZCOUNT', source, '-inf', '(' .. ARGV[3])
+    end
+end
+local found, stale = {}, {}
+local scanned, exhausted = 0, 1
+local last_score, last_id = ARGV[3], after_id
+while true do
+    local rows = redis.call('ZRANGE', source, rank, rank + 199, 'WITHSCORES')
+    if #rows == 0 then break end
+    local stop = false
+    for i = 1, #rows, 2 do
+        local id, score = rows[i], tonumber(rows[i + 1])
+        if score > high then stop = true break end
+        if exact or not has_after or score > after_score or (score == after_score and id > after_id) then
+            scanned = scanned + 1
+            last_score, last_id = rows[i + 1], id
+            local due = score
+            local keep = true
+            if source == index then
+                local q = redis.call('ZSCORE', queue, id)
+                if not q then
+                    stale[#stale + 1] = id
+                    keep = false
+                else
+                    due = tonumber(q)
+                end
+            end
+            if keep then
+                local state
+                if redis.call('EXISTS', 'arq:in-progress:' .. id) == 1 then
+                    state = 'running'
+                elseif redis.call('ZSCORE', index, id)
+                        and tonumber(redis.call('GET', 'arq:retry:' .. id) or '0') > 0 then
+                    state = 'retrying'
+                elseif due > now then
+                    state = 'scheduled'
+                else
+                    state = 'queued'
+                end
+                if state == want then
+                    found[#found + 1] = id
+                    found[#found + 1] = redis.call('GET', 'arq:job:' .. id) or ''
+                    found[#found + 1] = redis.call('GET', 'arq:retry:' .. id) or '0'
+                    found[#found + 1] = redis.call('GET', ARGV[9] .. id) or ''
+                    found[#found + 1] = tostring(due)
+                end
+            end
+            if #found >= limit * 5 or scanned >= max_scan then
+                exhausted = 0
+                stop = true
+                break
+            end
+        end
+    end
+    if stop then break end
+    rank = rank + #rows / 2
+end
+local reply = {exhausted, last_score, last_id, #found / 5}
+for _, id in ipairs(found) do reply[#reply + 1] = id end
+for _, id in ipairs(stale) do reply[#reply + 1] = id end
+return reply
+"""
+MAX_SCAN = 5_000
+
+
 async def list_live_jobs(
     redis: RedisClient,
     *,
@@ -245,74 +338,53 @@ async def list_live_jobs(
     max_tries = _default_max_tries(queue, job_policies or {})
     if state == "running":
         return await _running_page(redis, queue, after, limit, max_tries)
-    source = retrying_index_key(queue) if state == "retrying" else queue
-    low, high = {"queued": ("-inf", now), "scheduled": (f"({now}", "+inf"), "retrying": ("-inf", "+inf")}[
-        state
-    ]
+    index = retrying_index_key(queue)
+    source = index if state == "retrying" else queue
+    start_rank = int(await redis.zcount(queue, "-inf", now)) if state == "scheduled" and after is None else 0
+    high = now if state == "queued" else float("inf")
+    page_script = redis.register_script(_PAGE)  # EVALSHA: the script is sent once per server
+    reply = await page_script(
+        keys=[source, queue, index],
+        args=[
+            start_rank,
+            repr(high) if high != float("inf") else "1e300",
+            repr(after.score) if after else "",
+            after.job_id if after else "",
+            state,
+            limit,
+            MAX_SCAN,
+            repr(now),
+            JOB_LAST_ERROR_KEY_PREFIX,
+        ],
+    )
+    exhausted, last_score, last_id, count = int(reply[0]), reply[1], reply[2], int(reply[3])
+    found = reply[4 : 4 + 5 * count]
+    stale = reply[4 + 5 * count :]
+    if stale:
+        await redis.zrem(index, *stale)
     running = await _running_by_worker(redis, queue) if state == "retrying" else {}
-    items: list[LiveJob] = []
-    position = after
-    for _ in range(MAX_BATCHES):
-        batch = await _zset_batch(redis, source, low, high, position, limit)
-        if not batch:
-            return LivePage(tuple(items), None)
-        ids = [job_id for job_id, _ in batch]
-        keys = await _read_keys(redis, queue, ids)
-        scores = await _queue_scores(redis, queue, ids) if state == "retrying" else [s for _, s in batch]
-        stale = []
-        for (job_id, index_score), job_keys, score in zip(batch, keys, scores, strict=True):
-            position = _Cursor(index_score, job_id)
-            if score is None:  # retrying index member whose job finished since: prune it
-                stale.append(job_id)
-                continue
-            if _state_of(job_keys, score, now) != state:
-                continue
-            items.append(
-                _build(queue, job_id, score, job_keys, state, max_tries, LIST_PREVIEW_CHARS, running)
-            )
-            if len(items) == limit:
-                return LivePage(tuple(items), position.encode())
-        if stale:
-            await redis.zrem(source, *stale)
-        if len(batch) < limit:
-            return LivePage(tuple(items), None)
-    return LivePage(tuple(items), position.encode() if position else None)
+    items = []
+    for n in range(count):
+        job_id, definition, tries, last_error, score = found[n * 5 : n * 5 + 5]
+        keys = _Keys(
+            definition=definition or None,
+            tries=int(_text(tries) or 0),
+            in_progress=False,
+            retrying=state == "retrying",
+            last_error=LastError.decode(last_error) if last_error else None,
+            score=float(_text(score)),
+        )
+        items.append(
+            _build(queue, _text(job_id), keys.score, keys, state, max_tries, LIST_PREVIEW_CHARS, running)
+        )
+    next_cursor = None
+    if not exhausted and last_id:
+        next_cursor = _Cursor(float(_text(last_score)), _text(last_id)).encode()
+    return LivePage(tuple(items), next_cursor)
 
 
-async def _queue_scores(redis: RedisClient, queue: str, job_ids: Sequence[str]) -> list[float | None]:
-    pipe = redis.pipeline(transaction=False)
-    for job_id in job_ids:
-        pipe.zscore(queue, job_id)
-    return [float(s) if s is not None else None for s in await pipe.execute()]
-
-
-async def _zset_batch(
-    redis: RedisClient, key: str, low: Any, high: Any, after: _Cursor | None, count: int
-) -> list[tuple[str, float]]:
-    """Up to ``count`` members after ``after`` in (score, member) order within [low, high].
-
-    Fast path: the cursor's member is still there with its score, so the next members start at
-    its rank + 1 (``ZRANK`` is O(log n)). Otherwise (it left the set, or moved) fall back to the
-    score: members with the same score and a greater id, then members with a greater score.
-    """
-    if after is None:
-        rows = await redis.zrangebyscore(key, low, high, start=0, num=count, withscores=True)
-        return [(m.decode(), float(s)) for m, s in rows]
-    pipe = redis.pipeline(transaction=False)
-    pipe.zrank(key, after.job_id)
-    pipe.zscore(key, after.job_id)
-    rank, score = await pipe.execute()
-    if rank is not None and score is not None and float(score) == after.score:
-        rows = await redis.zrange(key, rank + 1, rank + count, withscores=True)
-        limit_high = float("inf") if high == "+inf" else float(high)
-        return [(m.decode(), float(s)) for m, s in rows if float(s) <= limit_high]
-    pipe = redis.pipeline(transaction=False)
-    pipe.zrangebyscore(key, after.score, after.score, start=0, num=count * 4, withscores=True)
-    pipe.zrangebyscore(key, f"({after.score}", high, start=0, num=count, withscores=True)
-    same, greater = await pipe.execute()
-    rows = [(m.decode(), float(s)) for m, s in same if m.decode() > after.job_id]
-    rows += [(m.decode(), float(s)) for m, s in greater]
-    return rows[:count]
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def _running_page(
