@@ -362,7 +362,7 @@ async def list_live_jobs(
     stale = reply[4 + 5 * count :]
     if stale:
         await redis.zrem(index, *stale)
-    running = await _running_by_worker(redis, queue) if state == "retrying" else {}
+    running: dict[str, tuple[str, float]] = {}  # retrying, scheduled, queued: not running
     items = []
     for n in range(count):
         job_id, definition, tries, last_error, score = found[n * 5 : n * 5 + 5]
