@@ -84,14 +84,17 @@ redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 return 'ok'
 """
 
-# KEYS: queue, in-progress, retrying index. ARGV: job id, now ms.
+# KEYS: queue, in-progress, retrying index. ARGV: job id. "Now" is Redis's clock, one for every
+# caller: with each caller's own clock, a later call whose clock lags could promote it again.
 _RUN_NOW = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score then return 'missing' end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'running' end
-if tonumber(score) <= tonumber(ARGV[2]) then return 'due' end
-redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[3], 'XX', ARGV[2], ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if tonumber(score) <= now then return 'due' end
+redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])
+redis.call('ZADD', KEYS[3], 'XX', now, ARGV[1])
 return 'ok'
 """
 
@@ -297,7 +300,6 @@ async def run_job_now(
                 in_progress_key_prefix + job_id,
                 retrying_index_key(queue),
                 job_id,
-                int(now.timestamp() * 1000),
             )
         )
         if status == "running":

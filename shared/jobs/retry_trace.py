@@ -56,10 +56,9 @@ class LastError:
 
 
 def _bounded(text: str) -> str:
-    text = text[: LAST_ERROR_MESSAGE_CHARS + 1]
-    if len(text) > LAST_ERROR_MESSAGE_CHARS:
-        text = text[:LAST_ERROR_MESSAGE_CHARS] + "…"
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """At most ``LAST_ERROR_MESSAGE_CHARS`` (+ "…"), lone surrogates written as ``\\udXXX``."""
+    text = text[: LAST_ERROR_MESSAGE_CHARS + 1].encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= LAST_ERROR_MESSAGE_CHARS else text[:LAST_ERROR_MESSAGE_CHARS] + "…"
 
 
 async def record_retry(
@@ -78,18 +77,18 @@ async def record_retry(
         return
     now = time.time()
     next_ms = int((now + delay_seconds) * 1000)
-    payload = orjson.dumps(
-        {
-            "try": job_try,
-            "max_tries": max_tries,
-            "error_type": error_type[:256],
-            "error_message": _bounded(error_message),
-            "at": now,
-            "next_attempt_ms": next_ms,
-        }
-    )
     index = retrying_index_key(queue)
     try:
+        payload = orjson.dumps(
+            {
+                "try": job_try,
+                "max_tries": max_tries,
+                "error_type": _bounded(error_type[:256]),
+                "error_message": _bounded(error_message),
+                "at": now,
+                "next_attempt_ms": next_ms,
+            }
+        )
         async with asyncio.timeout(RETRY_TRACE_TIMEOUT_SECONDS):
             pipe = redis.pipeline(transaction=False)
             pipe.set(job_last_error_key(job_id), payload, ex=RETRY_TRACE_TTL_SECONDS)

@@ -22,6 +22,7 @@ from shared.infra.errors import Conflict, Invalid, NotFound
 from shared.jobs.enqueue import enqueue
 from shared.jobs.heartbeat import Heartbeat, write_heartbeat
 from shared.jobs.queues import DISTRIBUTE_LEAD, EMAIL_SEND
+from shared.jobs.retry_trace import LAST_ERROR_MESSAGE_CHARS, record_retry
 from tests.worker_support import job
 from worker.fmhl_worker import FmhlWorker, build_worker
 
@@ -348,3 +349,25 @@ async def test_a_real_worker_shows_running_and_retrying_and_an_abort_is_recorded
     assert row["kwargs"] == {"n": 1} and row["attempts"] == 1
     assert not await redis.exists(f"fmhl:job:cancelled:{hung}")  # not taken for a lost try
     assert len(await _audit(clean_db, "job.abort")) == 1
+
+
+async def test_retry_trace_is_bounded_survives_hostile_text_and_stale_entries_are_pruned(redis: Any) -> None:
+    job_id = await enqueue(redis, "send_email", defer_by_seconds=30, to="a@x.test")
+    assert job_id is not None
+    await redis.set(f"arq:retry:{job_id}", 1)
+    hostile = "refused \x00 \ud800 " + "y" * 100_000
+    await record_retry(
+        redis, queue=QUEUE, job_id=job_id, job_try=1, max_tries=6, delay_seconds=30,
+        error_type="Weird\ud800Error", error_message=hostile,
+    )  # fmt: skip
+    await record_retry(  # a job that has finished since: its index entry must not show
+        redis, queue=QUEUE, job_id="gone", job_try=1, max_tries=6, delay_seconds=30,
+        error_type="ConnectionError", error_message="x",
+    )  # fmt: skip
+    await record_retry(None, queue=QUEUE, job_id="x", job_try=1, max_tries=2, delay_seconds=1,
+                       error_type="E", error_message="no redis: a no-op")  # fmt: skip
+    (item,) = (await list_live_jobs(redis, queue=QUEUE, state="retrying")).items
+    assert item.job_id == job_id and item.last_error is not None
+    assert item.last_error.error_message.startswith("refused \x00 \\ud800 ")
+    assert len(item.last_error.error_message) <= LAST_ERROR_MESSAGE_CHARS + 1
+    assert [m.decode() for m in await redis.zrange(f"fmhl:retrying:{QUEUE}", 0, -1)] == [job_id]  # pruned
