@@ -24,7 +24,7 @@ from typing import Any
 
 import redis.exceptions
 from arq.cron import CronJob
-from arq.worker import Function, Worker
+from arq.worker import Function
 
 from shared.dlq.capture import capture
 from shared.dlq.spool import drain_spool
@@ -32,10 +32,13 @@ from shared.infra.config import ConfigError, Settings
 from shared.infra.db import Database
 from shared.infra.logs import log_event
 from shared.infra.metrics import Metrics
-from shared.infra.redis import cancelled_job_key, create_redis, deserialize_job, serialize_job
+from shared.infra.redis import cancelled_job_key, create_redis, deserialize_job, job_ended_key, serialize_job
 from shared.jobs.heartbeat import HEARTBEAT_INTERVAL_SECONDS, Heartbeat, delete_heartbeat, write_heartbeat
 from shared.jobs.queues import ALL_QUEUES
+from worker.aborts import record_abort_from_result
 from worker.failure_records import record_from_silent_failure
+from worker.live_jobs import LiveJobsWorker
+from worker.queue_pause import PausableWorker
 
 LIVENESS_STALE_SECONDS = 60.0
 # Longer than this and the worker starts anyway: jobs then retry with backoff until Postgres is back.
@@ -59,7 +62,7 @@ SHUTDOWN_REDIS_TIMEOUT_SECONDS = 2.0
 REDIS_RETRY_MAX_SECONDS = 2.0
 
 
-class FmhlWorker(Worker):
+class FmhlWorker(PausableWorker, LiveJobsWorker):
     def __init__(
         self,
         functions: Sequence[Function],
@@ -76,6 +79,7 @@ class FmhlWorker(Worker):
         )
         kwargs.setdefault("job_completion_wait", int(longest) + 5)
         kwargs.setdefault("timezone", UTC)
+        kwargs.setdefault("allow_abort_jobs", True)  # shared.controls.actions.abort_job
         super().__init__(
             functions,
             queue_name=queue_name,
@@ -204,10 +208,13 @@ class FmhlWorker(Worker):
 
     async def _beat(self, force: bool = False) -> None:
         now = time.time()
-        if not force and now - self._last_beat < HEARTBEAT_INTERVAL_SECONDS:
+        since = now - self._last_beat
+        if not force and since < HEARTBEAT_INTERVAL_SECONDS and not self.running_changed(since):
             return
         self._last_beat = now
-        beat = Heartbeat(self.queue_name, self.worker_id, socket.gethostname(), self.job_counter, now)
+        beat = Heartbeat(
+            self.queue_name, self.worker_id, socket.gethostname(), self.job_counter, now, self.running_jobs()
+        )
         try:
             await write_heartbeat(self.pool, beat)
         except Exception as exc:
@@ -251,8 +258,11 @@ class FmhlWorker(Worker):
         error_type = error.get("error_type") if isinstance(error, dict) else None
         function = self.functions.get(function_name)
         max_tries = function.max_tries if function and function.max_tries is not None else self.max_tries
-        if error_type == "CancelledError":
-            return  # an abort requested by an operator, not a failure
+        if error_type == "CancelledError":  # an operator's abort before the job started
+            await record_abort_from_result(self.ctx, self.queue_name, job_id, result)
+            return
+        if function_name == "<unknown>" and await self.pool.exists(job_ended_key(job_id)):
+            return  # an operator cancelled it as this worker took it (shared.controls.actions)
         if function_name == "<unknown>":
             reason = (
                 "permanent" if error_type in ("DeserializationError", "SerializationError") else "expired"

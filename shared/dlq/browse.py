@@ -19,7 +19,7 @@ from typing import Annotated, Any, Self
 import orjson
 from msgspec import Meta
 
-from shared.dlq.reasons import FailureReason, Resolution
+from shared.dlq.reasons import DlqReason, Resolution
 from shared.infra.db import Conn, fetch, fetchrow
 from shared.infra.errors import Invalid, NotFound
 from shared.infra.ids import parse_uuid
@@ -48,7 +48,7 @@ class DlqEntry:
     error_message: str
     fingerprint: str
     attempts: int
-    reason: FailureReason
+    reason: DlqReason
     enqueued_at: UtcDatetime | None
     failed_at: UtcDatetime
     correlation_id: str | None
