@@ -2,7 +2,8 @@
 
 Thin: validate the JSON body, call ``shared.auth.login``, shape the answer. A body that is not a JSON
 object with string ``email``, ``password`` and ``totp_code`` is a 400 ``invalid_request``; wrong
-values are one 401 ``invalid_credentials``; throttling is a 429 with ``Retry-After``. A server
+values are one 401 ``invalid_credentials``; throttling (lockout, per-IP limit, a full hashing queue)
+is a 429 with ``Retry-After``. A server
 without a usable ``MFA_ENCRYPTION_KEY`` answers 503 and logs the configuration error.
 """
 
@@ -49,7 +50,7 @@ async def login_endpoint(request: Request) -> Response:
     )
     state = app_state(request)
     try:
-        result = await login(state.db.pool, state.settings, attempt)
+        result = await login(state.db.pool, state.settings, attempt, kdf=state.kdf)
     except LoginThrottled as exc:
         return error_response(429, exc.code, exc.message, {"Retry-After": str(exc.retry_after_seconds)})
     except ConfigError as exc:
@@ -103,7 +104,9 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "One generic 401 `invalid_credentials` for a wrong email, password or code; a TOTP "
                 "code is accepted once. 5 failures within 15 minutes lock the account for 15 minutes "
                 "(429 `locked`, even for correct credentials); 20 failures from one client IP within "
-                "15 minutes → 429 `rate_limited`. 429 responses carry `Retry-After`."
+                "15 minutes → 429 `rate_limited`. A login is refused at once, before any password "
+                "hashing, when its address already has a login in progress (429 `rate_limited`) or "
+                "the server's hashing queue is full (429 `busy`). 429 responses carry `Retry-After`."
             ),
             "tags": ["auth"],
             "security": [],
@@ -151,7 +154,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "400": _error("body is not a JSON object with string email, password and totp_code"),
                 "413": _error("body over 1 MiB (`payload_too_large`)"),
                 "401": _error("`invalid_credentials`"),
-                "429": _error("`locked` (account) or `rate_limited` (client IP)"),
+                "429": _error("`locked` (account), `rate_limited` (client IP) or `busy` (hashing queue)"),
                 "503": _error("database unavailable or MFA not configured"),
             },
         }
