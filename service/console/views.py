@@ -35,7 +35,7 @@ from service.middleware import PayloadTooLarge
 from service.readiness import readiness
 from service.state import AppState, app_state
 from service.validation import client_ip
-from shared.auth.sessions import find_live_session
+from shared.auth.sessions import find_console_session
 from shared.dlq.redrive import Actor
 from shared.infra import errors
 
@@ -43,6 +43,8 @@ Handler = Callable[[Request, ConsoleUser], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 SESSION_LOOKUP_TIMEOUT_SECONDS = 5.0
+# Requests a page makes by itself (the overview's 5 s refresh): they do not keep a session alive.
+AUTOMATIC_REQUESTS = frozenset({"/console/live"})
 PAGE_TIMEOUT_SECONDS = 20.0
 DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     errors.DependencyUnavailable,
@@ -73,7 +75,12 @@ async def current_user(request: Request, state: AppState) -> ConsoleUser | None:
         return None
     async with asyncio.timeout(SESSION_LOOKUP_TIMEOUT_SECONDS):
         async with state.db.pool.acquire() as conn:
-            session = await find_live_session(conn, token)
+            session = await find_console_session(
+                conn,
+                token,
+                idle_timeout_seconds=state.settings.console_idle_timeout_seconds,
+                activity=request.url.path not in AUTOMATIC_REQUESTS,
+            )
     if session is None:
         return None
     return ConsoleUser(

@@ -18,7 +18,8 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 
 from service.console.security import SESSION_COOKIE, SIGNIN_COOKIE
-from shared.infra.config import Settings
+from shared.auth.sessions import hash_token
+from shared.infra.config import ConfigError, Settings, load_settings
 from shared.infra.http_server import probe_app
 from tests.factories import create_admin, create_admin_session, create_dlq_entry
 from tests.helpers import running_app
@@ -141,3 +142,52 @@ async def test_a_chunked_console_form_over_1_mib_is_413_not_500(
     resolved = await clean_db.fetchval("SELECT resolved_at FROM dead_letter_queue WHERE id = $1", entry_id)
     assert resolved is None
     print(f"\nchunked 2 MiB console forms -> {sign_in.status_code}, {action.status_code}; no stack logged")
+
+
+async def _session_row(db: Any, token: str) -> Any:
+    return await db.fetchrow(
+        "SELECT revoked_at, now() - last_seen_at AS idle FROM admin_sessions WHERE token_hash = $1",
+        hash_token(token),
+    )
+
+
+async def test_a_console_session_idle_past_the_timeout_is_over(
+    keyed: Settings, clean_db: Any, app_client: tuple[Starlette, httpx.AsyncClient]
+) -> None:
+    _, client = app_client
+    assert keyed.mfa_encryption_key and keyed.console_idle_timeout_seconds == 1800
+    admin = await create_admin(clean_db, mfa_encryption_key=keyed.mfa_encryption_key)
+    token = await create_admin_session(clean_db, admin.user_id)
+    client.cookies.set(SESSION_COOKIE, token)
+    set_idle = (
+        "UPDATE admin_sessions SET last_seen_at = now() - make_interval(secs => $2) WHERE token_hash = $1"
+    )
+
+    # 10 minutes idle: still signed in; the overview's automatic refresh does not count as use
+    await clean_db.execute(set_idle, hash_token(token), 600.0)
+    assert (await client.get("/console/live")).status_code == 200
+    assert (await _session_row(clean_db, token))["idle"].total_seconds() >= 600
+    # a page a person opened does, and resets the idle clock
+    assert (await client.get("/console")).status_code == 200
+    assert (await _session_row(clean_db, token))["idle"].total_seconds() < 60
+
+    # past the idle timeout (well inside the absolute one): signed out, the session revoked
+    await clean_db.execute(set_idle, hash_token(token), 1801.0)
+    page = await client.get("/console/dlq")
+    assert page.status_code == 303 and page.headers["location"].startswith("/console/sign-in")
+    assert (await _session_row(clean_db, token))["revoked_at"] is not None
+    live = await client.get("/console/live", headers={"HX-Request": "true"})
+    assert live.headers.get("hx-redirect", "").startswith("/console/sign-in")
+    # API bearer tokens keep only the absolute expiry
+    api_token = await create_admin_session(clean_db, admin.user_id)
+    await clean_db.execute(set_idle, hash_token(api_token), 7200.0)
+    whoami = await client.get("/api/v1/admin/whoami", headers={"Authorization": f"Bearer {api_token}"})
+    assert whoami.status_code == 200
+
+
+def test_the_idle_timeout_setting_is_validated_at_start() -> None:
+    assert load_settings({"CONSOLE_IDLE_TIMEOUT_SECONDS": "600"}).console_idle_timeout_seconds == 600
+    assert load_settings({}).console_idle_timeout_seconds == 1800
+    for bad in ("0", "-5", "soon"):
+        with pytest.raises(ConfigError, match="CONSOLE_IDLE_TIMEOUT_SECONDS"):
+            load_settings({"CONSOLE_IDLE_TIMEOUT_SECONDS": bad})
