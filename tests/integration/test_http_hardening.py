@@ -1,10 +1,11 @@
 """Issue 16 §2, in-process: ``nosniff`` on every response, 413 (not 500) for a chunked console form
-over 1 MiB, and the console's idle timeout. The real-process parts (login burst, request-head
-deadline) are in ``tests/e2e/test_serve_hardening.py``.
+over 1 MiB, the console's idle timeout and the main port's connection cap. The real-process parts
+(login burst, request-head deadline) are in ``tests/e2e/test_serve_hardening.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -20,7 +21,14 @@ from starlette.responses import Response
 from service.console.security import SESSION_COOKIE, SIGNIN_COOKIE
 from shared.auth.sessions import hash_token
 from shared.infra.config import ConfigError, Settings, load_settings
-from shared.infra.http_server import probe_app
+from shared.infra.http_server import (
+    MainPortProtocol,
+    bound_port,
+    build_uvicorn,
+    probe_app,
+    start_side_server,
+    stop_side_server,
+)
 from tests.factories import create_admin, create_admin_session, create_dlq_entry
 from tests.helpers import running_app
 
@@ -191,3 +199,33 @@ def test_the_idle_timeout_setting_is_validated_at_start() -> None:
     for bad in ("0", "-5", "soon"):
         with pytest.raises(ConfigError, match="CONSOLE_IDLE_TIMEOUT_SECONDS"):
             load_settings({"CONSOLE_IDLE_TIMEOUT_SECONDS": bad})
+
+
+class _TinyCap(MainPortProtocol):
+    max_connections = 5
+
+
+async def test_the_main_port_closes_connections_over_its_cap() -> None:
+    async def metrics() -> Response:
+        return Response(b"fmhl_up 1\n")
+
+    server = build_uvicorn(probe_app(metrics), "127.0.0.1", 0, lifespan="off", protocol=_TinyCap)
+    task = await start_side_server(server)
+    port = bound_port(server)
+    held = []
+    try:
+        for _ in range(5):
+            held.append(await asyncio.open_connection("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # the sixth
+        writer.write(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, unanswered
+        writer.close()
+        _, first = held.pop(0)
+        first.close()
+        await asyncio.sleep(0.2)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:  # a place is free
+            assert (await client.get("/health/live")).status_code == 200
+    finally:
+        for _, writer in held:
+            writer.close()
+        await stop_side_server(server, task)
