@@ -26,7 +26,13 @@ from tests.procs import Proc, base_env, wait_http
 
 LOGIN = "/api/v1/auth/login"
 BURST = 100
+# The target. The burst gets one derivation through (one place per address), which runs
+# alongside the operator's: on an idle 2-core machine each has a core (~0.5 s); on this shared one
+# a lone login already takes ~1 s and two derivations share what CPU there is. So the bound is the
+# larger of the target and SLACK x a no-burst login measured in the same run: it does not grow with
+# the burst. Before the fix the login queued behind the whole burst: 19-48 s, far beyond either.
 TARGET_SECONDS = 2.0
+SLACK = 4.0
 ATTACKER = "198.51.100.66"
 OPERATOR = "203.0.113.9"
 
@@ -60,6 +66,7 @@ async def test_a_login_burst_from_one_address_does_not_hold_up_another_address(
     served: str, clean_db: Any, mfa_key: str
 ) -> None:
     operator = await create_admin(clean_db, mfa_encryption_key=mfa_key)
+    baseline_admin = await create_admin(clean_db, mfa_encryption_key=mfa_key)
     limits = httpx.Limits(max_connections=BURST + 10, max_keepalive_connections=BURST + 10)
     async with httpx.AsyncClient(base_url=served, timeout=120, limits=limits) as client:
 
@@ -74,6 +81,17 @@ async def test_a_login_burst_from_one_address_does_not_hold_up_another_address(
                 assert response.headers["retry-after"].isdigit()
                 assert response.json()["error"]["code"] in {"rate_limited", "busy"}
             return response.status_code
+
+        quiet = {
+            "email": baseline_admin.email,
+            "password": baseline_admin.password,
+            "totp_code": baseline_admin.code_now(),
+        }
+        started = time.perf_counter()
+        assert (
+            await client.post(LOGIN, json=quiet, headers={"X-Forwarded-For": OPERATOR})
+        ).status_code == 200
+        baseline = time.perf_counter() - started
 
         burst = [asyncio.ensure_future(wrong()) for _ in range(BURST)]
         await asyncio.sleep(0.3)  # the burst is in the server
@@ -92,12 +110,13 @@ async def test_a_login_burst_from_one_address_does_not_hold_up_another_address(
     reserved = await clean_db.fetchval("SELECT count(*) FROM login_attempts WHERE ip = $1", ATTACKER)
     print(
         f"\nburst of {BURST} wrong logins from {ATTACKER}: {dict(statuses)}, {reserved} reached the DB; "
-        f"logins from {OPERATOR} during it: {', '.join(f'{s * 1000:.0f} ms' for s in latencies)} -> {answers}"
+        f"logins from {OPERATOR} during it: {', '.join(f'{s * 1000:.0f} ms' for s in latencies)} "
+        f"-> {answers}; without a burst {baseline * 1000:.0f} ms"
     )
-    assert max(latencies) < TARGET_SECONDS, latencies
+    assert max(latencies) < max(TARGET_SECONDS, SLACK * baseline), (latencies, baseline)
     assert answers == [200, 200]
     assert statuses[401] + statuses[429] == BURST and statuses[429] >= BURST - 20
-    assert reserved <= 20
+    assert reserved <= 2  # one place per address: the rest refused before any work
 
 
 async def _dribble(port: int, results: list[float], stop: asyncio.Event) -> None:
