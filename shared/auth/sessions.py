@@ -83,8 +83,8 @@ async def create_session(
     return IssuedSession(session_id=row["id"], token=token, expires_at=row["expires_at"])
 
 
-SELECT_LIVE_SESSION = """
-SELECT s.id AS session_id, s.user_id, u.email, u.role, s.expires_at
+# What "live" means, said once for the API's and the console's lookups.
+_LIVE_BY_TOKEN = """
 FROM admin_sessions s
 JOIN users u ON u.id = s.user_id
 WHERE s.token_hash = $1
@@ -93,6 +93,7 @@ WHERE s.token_hash = $1
   AND s.mfa_passed
   AND u.disabled_at IS NULL
 """
+SELECT_LIVE_SESSION = "SELECT s.id AS session_id, s.user_id, u.email, u.role, s.expires_at" + _LIVE_BY_TOKEN
 
 
 async def find_live_session(conn: Conn, token: str) -> LiveSession | None:
@@ -100,17 +101,10 @@ async def find_live_session(conn: Conn, token: str) -> LiveSession | None:
     return LiveSession(**dict(row)) if row is not None else None
 
 
-SELECT_CONSOLE_SESSION = """
-SELECT s.id AS session_id, s.user_id, u.email, u.role, s.expires_at,
-       EXTRACT(EPOCH FROM now() - s.last_seen_at)::float8 AS idle_seconds
-FROM admin_sessions s
-JOIN users u ON u.id = s.user_id
-WHERE s.token_hash = $1
-  AND s.revoked_at IS NULL
-  AND s.expires_at > now()
-  AND s.mfa_passed
-  AND u.disabled_at IS NULL
-"""
+SELECT_CONSOLE_SESSION = (
+    "SELECT s.id AS session_id, s.user_id, u.email, u.role, s.expires_at,"
+    " EXTRACT(EPOCH FROM now() - s.last_seen_at)::float8 AS idle_seconds" + _LIVE_BY_TOKEN
+)
 
 TOUCH_SESSION = "UPDATE admin_sessions SET last_seen_at = now() WHERE id = $1"
 # last_seen_at is written at most this often per session
