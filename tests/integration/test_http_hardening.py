@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -33,7 +32,6 @@ from tests.factories import create_admin, create_admin_session, create_dlq_entry
 from tests.helpers import running_app
 
 MIB = 1024 * 1024
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @pytest.fixture
@@ -229,3 +227,38 @@ async def test_the_main_port_closes_connections_over_its_cap() -> None:
         for _, writer in held:
             writer.close()
         await stop_side_server(server, task)
+
+
+async def test_a_full_hashing_queue_answers_429_at_once_on_the_api_and_the_console(
+    keyed: Settings, clean_db: Any, app_client: tuple[Starlette, httpx.AsyncClient]
+) -> None:
+    """Deterministic: the queue's places are taken by hand, as a burst in progress would hold them."""
+    app, client = app_client  # client address 203.0.113.7
+    assert keyed.mfa_encryption_key
+    admin = await create_admin(clean_db, mfa_encryption_key=keyed.mfa_encryption_key)
+    kdf = app.state.ops.kdf
+    body = {"email": admin.email, "password": admin.password, "totp_code": admin.code_now()}
+
+    # the form's double-submit token (the cookie the form page sets is Secure: not sent over http here)
+    client.cookies.set(SIGNIN_COOKIE, "s" * 43, path="/console/sign-in")
+    form = {**body, "signin_token": "s" * 43, "next": "/console"}
+    with kdf.admit("203.0.113.7"):  # this address already has a login in progress
+        api = await client.post("/api/v1/auth/login", json=body)
+        console = await client.post("/console/sign-in", data=form)
+    assert api.status_code == 429 and api.json()["error"]["code"] == "rate_limited"
+    assert console.status_code == 429 and "in progress" in console.text
+    for response in (api, console):
+        assert response.headers["retry-after"] == "1"
+
+    held = [kdf.admit(f"192.0.2.{n}") for n in range(kdf.capacity)]  # every place taken
+    try:
+        busy = await client.post("/api/v1/auth/login", json=body)
+    finally:
+        for place in held:
+            with place:
+                pass
+    assert busy.status_code == 429 and busy.json()["error"]["code"] == "busy"
+    assert busy.headers["retry-after"] == "1"
+    assert await clean_db.fetchval("SELECT count(*) FROM login_attempts") == 0  # refused before any work
+    ok = await client.post("/api/v1/auth/login", json=body)  # places given back: the login goes through
+    assert ok.status_code == 200, ok.text
