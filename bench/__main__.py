@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from bench import cleanup_case, http_cases, login_case, metrics_case, reconcile, worker_cases
+from bench import cleanup_case, http_cases, live_jobs_case, login_case, metrics_case, reconcile, worker_cases
 from bench.common import (
     CONSOLE,
     Backends,
@@ -88,6 +88,7 @@ CASES: dict[str, tuple[Case, bool]] = {
     "live": (http_cases.live_case, False),
     "api": (_api, True),
     "metrics": (metrics_case.metrics_case, True),
+    "live_jobs": (live_jobs_case.live_jobs_case, False),
     "console": (_console, True),
     "cleanup": (cleanup_case.cleanup_case, False),
     "reconcile": (reconcile.reconcile_case, False),

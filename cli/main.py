@@ -79,9 +79,10 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction[argparse.Argu
     """Subcommands owned by other modules (worker, admin, cron) register themselves here."""
     from cli.admin import register as register_admin
     from cli.demo import register as register_demo
+    from cli.queue_commands import register as register_queue
     from cli.worker_commands import register as register_worker
 
-    return [register_worker, register_admin, register_demo]
+    return [register_worker, register_admin, register_demo, register_queue]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

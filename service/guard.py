@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.state import app_state
+from shared.auth.roles import Role
 from shared.auth.sessions import find_live_session, is_well_formed_token
 from shared.infra.errors import Forbidden, Unauthenticated
 
@@ -41,8 +42,13 @@ _UNAUTHENTICATED = "a valid bearer token of a live admin session is required"
 class Principal:
     user_id: uuid.UUID
     email: str
-    role: str
+    role: Role
     session_id: uuid.UUID
+
+
+def client_ip(request: Request) -> str | None:
+    """The caller's address as uvicorn resolved it (``FORWARDED_ALLOW_IPS`` behind a proxy)."""
+    return request.client.host if request.client else None
 
 
 def bearer_token(request: Request) -> str:

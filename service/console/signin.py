@@ -23,8 +23,8 @@ from service.console.security import (
     set_signin_cookie,
 )
 from service.console.views import current_user, error_page, handle_failure
+from service.guard import client_ip
 from service.state import app_state
-from service.validation import client_ip
 from shared.auth.login import InvalidCredentials, LoginAttempt, LoginThrottled, login, logout
 from shared.auth.passwords import MAX_PASSWORD_LENGTH
 from shared.auth.users import MAX_EMAIL_LENGTH

@@ -31,10 +31,10 @@ from service.console.security import (
     secure_headers,
     session_token,
 )
+from service.guard import client_ip
 from service.middleware import PayloadTooLarge
 from service.readiness import readiness
 from service.state import AppState, app_state
-from service.validation import client_ip
 from shared.auth.sessions import find_console_session
 from shared.dlq.redrive import Actor
 from shared.infra import errors
@@ -115,11 +115,11 @@ async def unavailable_page(
     """503 saying which dependency is down, with the readiness checks (never the exception)."""
     state = app_state(request)
     _, health = await readiness(state)
-    checks = health["checks"]
+    checks = health.checks or {}
     down = [
         name.split(":")[0]
         for name in ("postgres:responseTime", "redis:responseTime")
-        if checks[name][0]["status"] == "fail"
+        if checks[name][0].status == "fail"
     ]
     named = getattr(exc, "dependency", None)
     if named and named not in down:

@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from shared.auth.roles import Role
 from shared.infra.db import Conn, execute, fetchrow
 from shared.infra.logs import log_event
 
@@ -41,7 +42,7 @@ class LiveSession:
     session_id: uuid.UUID
     user_id: uuid.UUID
     email: str
-    role: str
+    role: Role
     expires_at: datetime
 
 

@@ -112,6 +112,9 @@ class Metrics:
         self.queue_oldest_job_age_seconds = Gauge(
             "fmhl_queue_oldest_job_age_seconds", "Age of the oldest due job, by queue.", registry=r
         )
+        self.queue_paused = Gauge(
+            "fmhl_queue_paused", "1 while the queue is paused (its workers start no job), else 0.", registry=r
+        )
         self.dlq_size = Gauge("fmhl_dlq_size", "Unresolved dead-letter entries, by queue.", registry=r)
         self.dlq_captured_total = Counter(
             "fmhl_dlq_captured_total", "Jobs captured into the dead-letter queue, by queue.", registry=r

@@ -477,7 +477,8 @@ async def test_openapi_documents_auth_and_bearer_security_on_admin_routes(
     _, client = app_client
     spec = (await client.get("/openapi.json")).json()
     login = spec["paths"][LOGIN]["post"]
-    assert login["requestBody"]["content"]["application/json"]["schema"]["required"] == [
+    body_ref = login["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert spec["components"]["schemas"][body_ref.rsplit("/", 1)[-1]]["required"] == [
         "email",
         "password",
         "totp_code",
