@@ -7,6 +7,19 @@ stable name. Connections from our pool carry a ``QueryObserver`` that records
 ``Database`` connects in the background with capped exponential backoff, so a service whose
 Postgres is down or hangs still starts and answers ``/health/live``; until the pool exists,
 ``Database.pool`` raises ``DependencyUnavailable``.
+
+Behind a pooler (PgBouncer in ``pool_mode = transaction``), consecutive statements of one client
+may run on different server connections, so nothing may rely on session state: no session
+advisory locks, ``SET``, ``LISTEN`` or temp tables outside a transaction (we use none: locks are
+``pg_advisory_xact_lock``), and no named prepared statements, which asyncpg's statement cache
+creates. PgBouncer 1.18 (Debian 12) cannot track them (``max_prepared_statements`` came in 1.21),
+so ``DB_STATEMENT_CACHE_SIZE`` defaults to "auto": one probe connection at start compares the
+backend pid the server reported at connect with ``pg_backend_pid()`` (a pooler hands out its
+own), and the pool uses no cache behind a pooler and asyncpg's default cache of 100 otherwise,
+since the cache saves a round trip per query on a direct connection (README, "PgBouncer").
+
+Every acquire from our pool is timed into ``fmhl_db_pool_wait_seconds``: a process that waits for
+connections has a pool too small for its concurrency (the connection budget, README).
 """
 
 from __future__ import annotations
@@ -14,10 +27,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import asyncpg.pool
 import orjson
 
 from shared.infra.config import Settings
@@ -85,26 +100,83 @@ async def init_connection(conn: Conn) -> None:
         )
 
 
+class TimedPool(asyncpg.pool.Pool):  # type: ignore[misc]
+    """asyncpg pool that reports how long each acquire waited for a connection.
+
+    ``Pool.acquire()``, and ``pool.fetch``/``execute``/... through it, all go through ``_acquire``;
+    a timed-out acquire is reported too (it waited the longest).
+    """
+
+    wait_observer: Callable[[float], None] | None = None
+
+    async def _acquire(self, timeout: float | None) -> Any:
+        started = time.perf_counter()
+        try:
+            return await super()._acquire(timeout)
+        finally:
+            if self.wait_observer is not None:
+                self.wait_observer(time.perf_counter() - started)
+
+
+ASYNCPG_STATEMENT_CACHE_SIZE = 100  # asyncpg's own default
+SELECT_BACKEND_PID = "SELECT pg_backend_pid()"
+
+
+async def behind_pooler(conn: Conn) -> bool:
+    """True when a pooler stands between us and Postgres: the backend pid of the connect
+    handshake (``BackendKeyData``) is not the pid of the backend that runs our query. PgBouncer
+    (like pgcat, Odyssey, RDS Proxy) sends keys of its own."""
+    backend_pid = await conn.fetchval(SELECT_BACKEND_PID)
+    return bool(conn.get_server_pid() != backend_pid)
+
+
+async def statement_cache_size(settings: Settings, dsn: str, *, application_name: str) -> int:
+    """``DB_STATEMENT_CACHE_SIZE`` when set, else 0 behind a pooler and asyncpg's 100 otherwise."""
+    if settings.db_statement_cache_size is not None:
+        return settings.db_statement_cache_size
+    conn = await asyncpg.connect(
+        dsn, statement_cache_size=0, server_settings={"application_name": application_name}, timeout=10
+    )
+    try:
+        pooled = await behind_pooler(conn)
+    finally:
+        await conn.close()
+    size = 0 if pooled else ASYNCPG_STATEMENT_CACHE_SIZE
+    log_event("INFO", "db_statement_cache", pooler_detected=pooled, statement_cache_size=size)
+    return size
+
+
 async def create_pool(
     settings: Settings, *, application_name: str, metrics: Metrics | None = None, dsn: str | None = None
 ) -> Any:
-    """Open an asyncpg pool with our codecs, observer, application_name and command timeout."""
+    """Open an asyncpg pool with our codecs, observer, application_name, command timeout, a
+    statement cache fit for what is behind ``dsn``, and acquire timing when ``metrics`` is given."""
     observer = QueryObserver(metrics, settings.slow_query_ms)
+    target = dsn or settings.require_database_url()
+    cache_size = await statement_cache_size(settings, target, application_name=application_name)
 
     async def init(conn: Conn) -> None:
         conn.query_observer = observer
         await init_connection(conn)
 
-    return await asyncpg.create_pool(
-        dsn or settings.require_database_url(),
+    pool = TimedPool(
+        target,
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
-        command_timeout=settings.db_command_timeout_seconds,
-        server_settings={"application_name": application_name},
+        max_queries=50000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
         connection_class=ObservedConnection,
+        record_class=asyncpg.Record,
+        command_timeout=settings.db_command_timeout_seconds,
+        statement_cache_size=cache_size,
+        server_settings={"application_name": application_name},
         init=init,
         timeout=10,
     )
+    if metrics is not None:
+        pool.wait_observer = lambda seconds: metrics.observe(metrics.db_pool_wait_seconds, seconds)
+    return await pool
 
 
 def record_pool_gauges(pool: Any, metrics: Metrics) -> None:
