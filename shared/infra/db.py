@@ -142,7 +142,10 @@ async def statement_cache_size(settings: Settings, dsn: str, *, application_name
     finally:
         await conn.close()
     size = 0 if pooled else ASYNCPG_STATEMENT_CACHE_SIZE
-    log_event("INFO", "db_statement_cache", pooler_detected=pooled, statement_cache_size=size)
+    # INFO only when it matters (a pooler changes how we talk to Postgres); DEBUG otherwise.
+    log_event(
+        "INFO" if pooled else "DEBUG", "db_statement_cache", pooler_detected=pooled, statement_cache_size=size
+    )
     return size
 
 
