@@ -13,7 +13,7 @@ may run on different server connections, so nothing may rely on session state: n
 advisory locks, ``SET``, ``LISTEN`` or temp tables outside a transaction (we use none: locks are
 ``pg_advisory_xact_lock``), and no named prepared statements, which asyncpg's statement cache
 creates. PgBouncer 1.18 (Debian 12) cannot track them (``max_prepared_statements`` came in 1.21),
-so ``DB_STATEMENT_CACHE_SIZE`` defaults to "auto": one probe connection at start compares the
+so ``DB_STATEMENT_CACHE_SIZE`` defaults to "auto": the pool's first connection compares the
 backend pid the server reported at connect with ``pg_backend_pid()`` (a pooler hands out its
 own), and the pool uses no cache behind a pooler and asyncpg's default cache of 100 otherwise,
 since the cache saves a round trip per query on a direct connection (README, "PgBouncer").
@@ -108,6 +108,7 @@ class TimedPool(asyncpg.pool.Pool):  # type: ignore[misc]
     """
 
     wait_observer: Callable[[float], None] | None = None
+    statement_cache: StatementCacheConnector | None = None
 
     async def _acquire(self, timeout: float | None) -> Any:
         started = time.perf_counter()
@@ -119,34 +120,56 @@ class TimedPool(asyncpg.pool.Pool):  # type: ignore[misc]
 
 
 ASYNCPG_STATEMENT_CACHE_SIZE = 100  # asyncpg's own default
-SELECT_BACKEND_PID = "SELECT pg_backend_pid()"
 
 
 async def behind_pooler(conn: Conn) -> bool:
     """True when a pooler stands between us and Postgres: the backend pid of the connect
     handshake (``BackendKeyData``) is not the pid of the backend that runs our query. PgBouncer
-    (like pgcat, Odyssey, RDS Proxy) sends keys of its own."""
-    backend_pid = await conn.fetchval(SELECT_BACKEND_PID)
-    return bool(conn.get_server_pid() != backend_pid)
+    (like pgcat, Odyssey, RDS Proxy) sends keys of its own. A simple-protocol query, so it
+    prepares no statement, and the row count answers (the pid is an int we format ourselves)."""
+    status: str = await conn.execute(f"SELECT 1 WHERE pg_backend_pid() = {int(conn.get_server_pid())}")
+    return status != "SELECT 1"
 
 
-async def statement_cache_size(settings: Settings, dsn: str, *, application_name: str) -> int:
-    """``DB_STATEMENT_CACHE_SIZE`` when set, else 0 behind a pooler and asyncpg's 100 otherwise."""
-    if settings.db_statement_cache_size is not None:
-        return settings.db_statement_cache_size
-    conn = await asyncpg.connect(
-        dsn, statement_cache_size=0, server_settings={"application_name": application_name}, timeout=10
-    )
-    try:
-        pooled = await behind_pooler(conn)
-    finally:
+class StatementCacheConnector:
+    """The pool's ``connect`` callback: every connection gets ``statement_cache_size``, decided
+    once. Unset (``DB_STATEMENT_CACHE_SIZE`` auto), the pool's first connection is opened with
+    asyncpg's cache and asked ``behind_pooler``; behind a pooler it is swapped for one without a
+    cache (a pooler's client slot, not a Postgres connection: nothing beyond the budget is ever
+    opened against Postgres itself)."""
+
+    def __init__(self, configured: int | None, application_name: str) -> None:
+        self.size = configured
+        self._application_name = application_name
+        self._deciding = asyncio.Lock()
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.size is None:
+            async with self._deciding:
+                if self.size is None:
+                    return await self._decide(*args, **kwargs)
+        return await asyncpg.connect(*args, statement_cache_size=self.size, **kwargs)
+
+    async def _decide(self, *args: Any, **kwargs: Any) -> Any:
+        conn = await asyncpg.connect(*args, statement_cache_size=ASYNCPG_STATEMENT_CACHE_SIZE, **kwargs)
+        try:
+            pooled = await behind_pooler(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        self.size = 0 if pooled else ASYNCPG_STATEMENT_CACHE_SIZE
+        # INFO only when it matters (a pooler changes how we talk to Postgres); DEBUG otherwise.
+        log_event(
+            "INFO" if pooled else "DEBUG",
+            "db_statement_cache",
+            application_name=self._application_name,
+            pooler_detected=pooled,
+            statement_cache_size=self.size,
+        )
+        if not pooled:
+            return conn
         await conn.close()
-    size = 0 if pooled else ASYNCPG_STATEMENT_CACHE_SIZE
-    # INFO only when it matters (a pooler changes how we talk to Postgres); DEBUG otherwise.
-    log_event(
-        "INFO" if pooled else "DEBUG", "db_statement_cache", pooler_detected=pooled, statement_cache_size=size
-    )
-    return size
+        return await asyncpg.connect(*args, statement_cache_size=0, **kwargs)
 
 
 async def create_pool(
@@ -155,28 +178,28 @@ async def create_pool(
     """Open an asyncpg pool with our codecs, observer, application_name, command timeout, a
     statement cache fit for what is behind ``dsn``, and acquire timing when ``metrics`` is given."""
     observer = QueryObserver(metrics, settings.slow_query_ms)
-    target = dsn or settings.require_database_url()
-    cache_size = await statement_cache_size(settings, target, application_name=application_name)
+    connector = StatementCacheConnector(settings.db_statement_cache_size, application_name)
 
     async def init(conn: Conn) -> None:
         conn.query_observer = observer
         await init_connection(conn)
 
     pool = TimedPool(
-        target,
+        dsn or settings.require_database_url(),
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
         max_queries=50000,
         max_inactive_connection_lifetime=300.0,
         loop=None,
+        connect=connector,
         connection_class=ObservedConnection,
         record_class=asyncpg.Record,
         command_timeout=settings.db_command_timeout_seconds,
-        statement_cache_size=cache_size,
         server_settings={"application_name": application_name},
         init=init,
         timeout=10,
     )
+    pool.statement_cache = connector
     if metrics is not None:
         pool.wait_observer = lambda seconds: metrics.observe(metrics.db_pool_wait_seconds, seconds)
     return await pool

@@ -3,10 +3,9 @@ and what that sums to at the Kubernetes manifests' maximum scale.
 
 Per process: every long-running process (``serve``, ``worker <queue>``, ``worker scheduler``)
 opens exactly one asyncpg pool of at most ``DB_POOL_MAX_SIZE`` connections, which every use in
-the process shares (requests, readiness checks, jobs, failure capture, spool drain, cron). Before
-the pool opens, when ``DB_STATEMENT_CACHE_SIZE`` is unset, one probe connection asks whether a
-pooler stands in between; it is closed (the server has released its slot) before the pool's
-first connection, so it never adds to the peak. ``migrate`` opens one connection and exits; in
+the process shares (requests, readiness checks, jobs, failure capture, spool drain, cron); the
+pooler check of ``DB_STATEMENT_CACHE_SIZE`` auto runs on the pool's first connection, not on one
+of its own. ``migrate`` opens one connection and exits; in
 Kubernetes it is the init container, done before the pod's process starts. A pod therefore holds
 at most ``max(DB_POOL_MAX_SIZE, 1)`` connections. One-shot CLI commands (``admin``, ``cron run``,
 ``demo``) are run by hand, within the operators' headroom.

@@ -22,7 +22,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from shared.infra.config import Settings
-from shared.infra.db import ASYNCPG_STATEMENT_CACHE_SIZE, create_pool, statement_cache_size
+from shared.infra.db import ASYNCPG_STATEMENT_CACHE_SIZE, create_pool
 from shared.infra.migrations import default_sql_dir
 from shared.infra.redis import DLQ_SPOOL_KEY, DLQ_SPOOL_REJECTED_KEY
 from shared.jobs.enqueue import enqueue
@@ -62,17 +62,22 @@ def _run(args: list[str], env: dict[str, str], stdin: str = "") -> subprocess.Co
     )
 
 
+async def _cache_size(url: str, configured: int | None = None) -> int | None:
+    settings = Settings(database_url=url, redis_url=None, db_statement_cache_size=configured)
+    pool = await create_pool(settings, application_name="cache-test")
+    try:
+        size: int | None = pool.statement_cache.size
+        return size
+    finally:
+        await pool.close()
+
+
 async def test_statement_cache_is_off_behind_pgbouncer_and_on_direct(
     bouncer: pgbouncer.PgBouncer, direct_database_url: str
 ) -> None:
-    settings = Settings(database_url=None, redis_url=None)
-    via = bouncer.url_for(direct_database_url)
-    assert await statement_cache_size(settings, via, application_name="t") == 0
-    assert await statement_cache_size(settings, direct_database_url, application_name="t") == (
-        ASYNCPG_STATEMENT_CACHE_SIZE
-    )
-    explicit = Settings(database_url=None, redis_url=None, db_statement_cache_size=7)
-    assert await statement_cache_size(explicit, via, application_name="t") == 7
+    assert await _cache_size(bouncer.url_for(direct_database_url)) == 0
+    assert await _cache_size(direct_database_url) == ASYNCPG_STATEMENT_CACHE_SIZE
+    assert await _cache_size(direct_database_url, configured=7) == 7
 
 
 async def test_concurrent_migrates_through_pgbouncer_apply_each_file_once(
