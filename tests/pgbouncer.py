@@ -43,6 +43,8 @@ max_client_conn = {max_client_conn}
 default_pool_size = {default_pool_size}
 reserve_pool_size = 0
 server_lifetime = 3600
+;; After a failed server login (Postgres restarting) retry in 1 s, not PgBouncer's default 15 s.
+server_login_retry = 1
 log_connections = 0
 log_disconnections = 0
 """
