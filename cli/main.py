@@ -25,7 +25,7 @@ Command = Callable[[argparse.Namespace, Settings], int]
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    applied = asyncio.run(migrate(settings.require_database_url()))
+    applied = asyncio.run(migrate(settings.migration_database_url()))
     print(
         f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else " (up to date)")
     )
@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fmhl-ops {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("migrate", help="apply pending SQL migrations (idempotent, advisory-locked)")
+    p = sub.add_parser(
+        "migrate",
+        help="apply pending SQL migrations (idempotent, advisory-locked); DATABASE_DIRECT_URL if set",
+    )
     p.set_defaults(handler=cmd_migrate)
 
     p = sub.add_parser("serve", help="run the HTTP service under uvicorn")

@@ -137,6 +137,12 @@ class Metrics:
         self.db_pool_connections = Gauge(
             "fmhl_db_pool_connections", "asyncpg pool connections by state (busy, idle, max).", registry=r
         )
+        self.db_pool_wait_seconds = Histogram(
+            "fmhl_db_pool_wait_seconds",
+            "Time to get a connection from this process's asyncpg pool (waits when all are busy).",
+            registry=r,
+            buckets=DB_BUCKETS,
+        )
         # Cron
         self.cron_runs_total = Counter("fmhl_cron_runs_total", "Cron runs by job and status.", registry=r)
         self.cron_last_success_timestamp_seconds = Gauge(

@@ -45,16 +45,19 @@ COMPONENT_KINDS = {
     "alertmanager-config": {"AlertmanagerConfig"},
     "keda": {"ScaledObject"},
     "grafana-dashboard": {"ConfigMap"},
+    # Built-in kinds only; no overlay opts in (it needs an out-of-band Secret; README "PgBouncer").
+    "pgbouncer": {"Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap"},
 }
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject", "AlertmanagerConfig"}
 # overlay -> the components it opts into (dev: none that needs a CRD, so it applies to a plain cluster)
-OVERLAY_COMPONENTS = {"dev": {"grafana-dashboard"}, "prod": set(COMPONENT_KINDS)}
+OVERLAY_COMPONENTS = {"dev": {"grafana-dashboard"}, "prod": set(COMPONENT_KINDS) - {"pgbouncer"}}
 WORKLOAD_KINDS = {"Deployment"}
 SERVICE_NAME = "fmhl-ops"
 IMAGE = "fmhl-ops"
 UID = 10001
 MONITORING_PEER = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
 CONFIG_KEYS = {
+    "DB_POOL_MAX_SIZE",
     "LOG_LEVEL",
     "LOG_FORMAT",
     "DLQ_RETENTION_DAYS",
