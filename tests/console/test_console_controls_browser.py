@@ -28,6 +28,7 @@ from cli.embedded import free_port
 from shared.jobs.enqueue import enqueue
 from shared.jobs.heartbeat import read_heartbeats
 from shared.jobs.queues import EMAIL_SEND
+from shared.jobs.retry_trace import record_retry
 from tests.console.test_console_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -152,12 +153,25 @@ async def test_on_call_runs_now_cancels_aborts_and_pauses_from_the_console(
     await _wait_for(slow_is_running, 30, "the slow job running in the worker", *stack.procs)
     later = await _send(redis, "later@example.test", "later-1", defer_by_seconds=3600)
     unwanted = await _send(redis, "unwanted@example.test", "unwanted-1", defer_by_seconds=3600)
+    for n in range(3):  # waiting for their next try, as the failure decorator leaves them
+        delay = 240 + 30 * n
+        to, key = f"provider-{n}@example.test", f"retry-{n}"
+        waiting = await _send(redis, to, key, defer_by_seconds=delay, correlation_id=f"lead-batch-{n}")
+        await redis.set(f"arq:retry:{waiting}", 2 + n)
+        await record_retry(
+            redis, queue=EMAIL_SEND, job_id=waiting, job_try=2 + n, max_tries=6, delay_seconds=delay,
+            error_type="EmailTemporaryFailure", error_message="451 4.3.0 Try again later (smtp.example)",
+        )  # fmt: skip
 
     context, page, problems = await _new_context(browser)
     await _sign_in(page, stack.base, stack.email, stack.totp)
 
+    await page.locator(f"a[href='{JOBS}']").click()  # the overview's link
+    await page.get_by_role("link", name="retrying", exact=True).click()
+    await page.get_by_text("lead-batch-2").wait_for()
+    await shots.take(page, "live-jobs-retrying")
+
     # Run now: a scheduled job becomes due; the worker delivers it.
-    await page.locator("a", has_text="Live jobs").first.click()
     await page.goto(f"{stack.base}{JOBS}?state=scheduled")
     await page.get_by_role("cell", name=later[:12]).wait_for()
     await shots.take(page, "live-jobs-scheduled")
