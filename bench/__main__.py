@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from bench import cleanup_case, http_cases, live_jobs_case, metrics_case, reconcile, worker_cases
+from bench import cleanup_case, http_cases, live_jobs_case, login_case, metrics_case, reconcile, worker_cases
 from bench.common import (
     CONSOLE,
     Backends,
@@ -92,6 +92,7 @@ CASES: dict[str, tuple[Case, bool]] = {
     "console": (_console, True),
     "cleanup": (cleanup_case.cleanup_case, False),
     "reconcile": (reconcile.reconcile_case, False),
+    "login_burst": (login_case.login_burst_case, False),
 }
 DEFAULT_CASES: dict[str, tuple[str, ...]] = {"10m": ("api",)}
 

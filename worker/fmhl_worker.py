@@ -6,7 +6,9 @@ worker was killed mid-job). The override captures each into the DLQ before arq d
 and never raises (an exception there would kill the worker).
 
 One queue per process (arq has no multi-queue worker). ``job_completion_wait`` is at least the
-longest job timeout, so SIGTERM lets running jobs finish.
+longest job timeout, so SIGTERM lets running jobs finish. Stopping does not rely on arq's cancel of
+the main task reaching it (on Python 3.11 it can be lost): see ``worker/shutdown.py``. Empty polls
+back off (``worker/idle_backoff.py``), so a poll delay of 0 does not spin an idle worker.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ from shared.jobs.heartbeat import HEARTBEAT_INTERVAL_SECONDS, Heartbeat, delete_
 from shared.jobs.queues import ALL_QUEUES
 from worker.aborts import record_abort_from_result
 from worker.failure_records import record_from_silent_failure
+from worker.idle_backoff import IdleBackoff
 from worker.live_jobs import LiveJobsWorker
 from worker.queue_pause import PausableWorker
+from worker.shutdown import PollingStopped, StopRequest, cancel_until_done
 
 LIVENESS_STALE_SECONDS = 60.0
 # Longer than this and the worker starts anyway: jobs then retry with backoff until Postgres is back.
@@ -59,6 +63,8 @@ REDIS_RETRY_MIN_SECONDS = 0.2
 # Shutdown clean-up in Redis is best effort (keys expire anyway): a hung Redis must not stretch
 # SIGTERM by two socket timeouts (20 s, past a typical grace period; found by tests/reliability).
 SHUTDOWN_REDIS_TIMEOUT_SECONDS = 2.0
+# After arq gave up the main task, how long it may take to notice (it notices within one poll).
+STOP_GUARD_SECONDS = 30.0
 REDIS_RETRY_MAX_SECONDS = 2.0
 
 
@@ -100,15 +106,34 @@ class FmhlWorker(PausableWorker, LiveJobsWorker):
         self.owns_redis = True
         self._spool_task: asyncio.Future[None] | None = None
         self._redis_retry_seconds = REDIS_RETRY_MIN_SECONDS
+        self.stop_request = StopRequest()
+        self.on_stop = self._stop_polling  # arq calls it right after ``main_task.cancel()``
+        self._stop_guard: asyncio.Future[bool] | None = None
+        self.idle_backoff = IdleBackoff(self.poll_delay_s)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def main(self) -> None:
-        await self._wait_for_redis()
-        await super().main()
+        try:
+            await self._wait_for_redis()
+            await super().main()
+        except PollingStopped:
+            return  # stopped by the flag: arq's cancel of this task was lost on the way
+
+    def _stop_polling(self, signum: signal.Signals) -> None:
+        """arq's ``on_stop``: running jobs are done (or ``job_completion_wait`` passed) and arq has
+        cancelled the main task. Should that cancel be lost, the poll loop stops at its next
+        iteration anyway, and the guard repeats the cancel for awaits outside the loop."""
+        self.stop_request.set()
+        task = self.main_task
+        if task is not None and not task.done():
+            self._stop_guard = asyncio.ensure_future(
+                cancel_until_done(task, timeout=STOP_GUARD_SECONDS, name="worker_main")
+            )
 
     async def _wait_for_redis(self) -> None:
         """arq's ``main`` dials Redis first and dies if it is down: wait (alive, logging) instead."""
         while self._pool is not None:  # None: arq dials its own pool in ``main``
+            self.stop_request.check()
             try:
                 await self.pool.ping()
                 return
@@ -118,6 +143,7 @@ class FmhlWorker(PausableWorker, LiveJobsWorker):
     async def _poll_iteration(self) -> None:
         """arq's poll, surviving a Redis outage. A job whose own Redis step failed is not lost: it
         stays in the queue under arq's in-progress lock and runs again once the lock expires."""
+        self.stop_request.check()
         try:
             await super()._poll_iteration()
         except REDIS_OUTAGE_ERRORS as exc:
@@ -138,11 +164,19 @@ class FmhlWorker(PausableWorker, LiveJobsWorker):
         if len(job_ids) > 1:
             start = random.randrange(len(job_ids))
             job_ids = job_ids[start:] + job_ids[:start]
+        running_before = len(self.tasks)
         try:
             await super().start_jobs(job_ids)
         except REDIS_OUTAGE_ERRORS:
             self._release_sem_dec_counter_on_complete()
             raise
+        await self._back_off_if_idle(started_jobs=len(self.tasks) > running_before)
+
+    async def _back_off_if_idle(self, *, started_jobs: bool) -> None:
+        """After a poll that started no job, wait as ``IdleBackoff`` says (never when it started one)."""
+        wait = self.idle_backoff.wait_after_poll(started_jobs=started_jobs)
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def _redis_outage(self, exc: BaseException) -> None:
         delay = self._redis_retry_seconds
@@ -227,8 +261,12 @@ class FmhlWorker(PausableWorker, LiveJobsWorker):
         if not self._pool:
             return
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-        if self._spool_task is not None and not self._spool_task.done():
-            self._spool_task.cancel()
+        if self._spool_task is not None:  # a cancel can be lost here too: repeat it until done
+            await cancel_until_done(
+                self._spool_task, timeout=SHUTDOWN_REDIS_TIMEOUT_SECONDS, name="dlq_spool_drain"
+            )
+        if self._stop_guard is not None:
+            await self._stop_guard
         try:
             async with asyncio.timeout(SHUTDOWN_REDIS_TIMEOUT_SECONDS):
                 await self.pool.delete(self.health_check_key)

@@ -18,7 +18,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.console import actions, controls, docs, pages, signin
 from service.console.render import STATIC
-from service.console.views import console_view, error_page
+from service.console.views import console_view, error_page, too_large_page
+from service.middleware import PayloadTooLarge
 from service.state import AppState
 
 GROUP = "/console/groups/{queue}/{fingerprint}/{action:str}"
@@ -68,8 +69,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_page(request, exc.status_code, titles.get(exc.status_code, "Error"), message, None)
 
 
+async def _too_large(request: Request, exc: Exception) -> Response:
+    return too_large_page(request)
+
+
 def build_console(state: AppState) -> Starlette:
-    app = Starlette(routes=console_routes(), exception_handlers={HTTPException: _http_error})
+    # PayloadTooLarge is raised by the request-context middleware's receive while a handler reads a
+    # chunked body; unhandled, the console app's own error middleware would answer 500 with a trace.
+    app = Starlette(
+        routes=console_routes(),
+        exception_handlers={HTTPException: _http_error, PayloadTooLarge: _too_large},
+    )
     app.state.ops = state
     return app
 

@@ -105,7 +105,7 @@ async def sign_in(request: Request) -> Response:
         user_agent=request.headers.get("user-agent"),
     )
     try:
-        result = await login(state.db.pool, state.settings, attempt)
+        result = await login(state.db.pool, state.settings, attempt, kdf=state.kdf)
     except InvalidCredentials:
         return _form_page(
             request, next_url=next_url, email=email, error="Invalid email, password or code.", status=401

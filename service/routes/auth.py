@@ -3,8 +3,8 @@
 Thin: the contract decodes the JSON body (``LoginBody``), ``shared.auth.login`` decides, the answer
 is typed. A body that is not a JSON object with string ``email``, ``password`` and ``totp_code``
 (and nothing else) is a 400 ``invalid_request``; wrong values are one 401 ``invalid_credentials``;
-throttling is a 429 with ``Retry-After``. A server without a usable ``MFA_ENCRYPTION_KEY`` answers
-503 and logs the configuration error.
+throttling (lockout, per-IP limit, a full hashing queue) is a 429 with ``Retry-After``. A server
+without a usable ``MFA_ENCRYPTION_KEY`` answers 503 and logs the configuration error.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ class Caller:
         "One generic 401 `invalid_credentials` for a wrong email, password or code; a TOTP "
         "code is accepted once. 5 failures within 15 minutes lock the account for 15 minutes "
         "(429 `locked`, even for correct credentials); 20 failures from one client IP within "
-        "15 minutes → 429 `rate_limited`. 429 responses carry `Retry-After`."
+        "15 minutes → 429 `rate_limited`. A login is refused at once, before any password "
+        "hashing, when its address already has a login in progress (429 `rate_limited`) or "
+        "the server's hashing queue is full (429 `busy`). 429 responses carry `Retry-After`."
     ),
     response_description="session opened",
     headers={"Cache-Control": "no-store"},
@@ -75,7 +77,7 @@ class Caller:
         400: "body is not a JSON object with string email, password and totp_code",
         401: "`invalid_credentials`",
         413: "body over 1 MiB (`payload_too_large`)",
-        429: "`locked` (account) or `rate_limited` (client IP)",
+        429: "`locked` (account), `rate_limited` (client IP) or `busy` (hashing queue)",
         503: "database unavailable or MFA not configured",
     },
 )
@@ -89,7 +91,7 @@ async def login_endpoint(call: Call[NoParams, LoginBody]) -> SessionOpened | Res
     )
     state = call.state
     try:
-        result = await login(state.db.pool, state.settings, attempt)
+        result = await login(state.db.pool, state.settings, attempt, kdf=state.kdf)
     except LoginThrottled as exc:
         return error_response(429, exc.code, exc.message, {"Retry-After": str(exc.retry_after_seconds)})
     except ConfigError as exc:

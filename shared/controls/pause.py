@@ -81,21 +81,29 @@ async def pause_queue(
     """Pause ``queue``; ``Conflict`` (code ``already_paused``) when it already is."""
     check_pausable(queue)
     state = PauseState(by=actor, reason=clean_reason(reason, required=True), since=now or datetime.now(UTC))
-    async with conn.transaction():
-        await audit.record(
-            conn,
-            actor=actor,
-            actor_user_id=actor_user_id,
-            action=ACTION_PAUSE,
-            target_type="queue",
-            target_id=queue,
-            metadata={"reason": state.reason},
-            ip=ip,
-        )
-        if not await redis.set(queue_paused_key(queue), state.encode(), nx=True):
-            current = await read_pause(redis, queue)
-            since = f" since {current.since.isoformat()} by {current.by}" if current else ""
-            raise Conflict(f"queue {queue} is already paused{since}", code="already_paused")
+    key, encoded = queue_paused_key(queue), state.encode()
+    ours = False
+    try:
+        async with conn.transaction():
+            await audit.record(
+                conn,
+                actor=actor,
+                actor_user_id=actor_user_id,
+                action=ACTION_PAUSE,
+                target_type="queue",
+                target_id=queue,
+                metadata={"reason": state.reason},
+                ip=ip,
+            )
+            ours = bool(await redis.set(key, encoded, nx=True))
+            if not ours:
+                current = await read_pause(redis, queue)
+                since = f" since {current.since.isoformat()} by {current.by}" if current else ""
+                raise Conflict(f"queue {queue} is already paused{since}", code="already_paused")
+    except BaseException:
+        if ours:  # the audit row did not commit: take our pause back, none without its record
+            await redis.eval(_COMPARE_AND_DELETE, 1, key, encoded)
+        raise
     log_event("WARNING", "queue_paused", queue=queue, actor=actor, reason=state.reason)
     return state
 

@@ -33,7 +33,7 @@ from shared.dlq.content import (
     truncate_head,
 )
 from shared.dlq.fingerprint import fingerprint
-from shared.dlq.reasons import ABORTED, CANCELLED
+from shared.dlq.reasons import ABORTED, CANCELLED, ControlReason
 from shared.infra.db import Conn, Database, fetchval
 from shared.infra.logs import log_event
 from shared.infra.redis import RedisClient
@@ -53,7 +53,7 @@ class EndedJob:
     correlation_id: str | None
     enqueued_at: datetime | None
     attempts: int
-    reason: str  # CANCELLED or ABORTED
+    reason: ControlReason  # CANCELLED or ABORTED
     actor: str
     note: str
     ended_at: datetime
@@ -70,7 +70,7 @@ def ended_from_definition(
     job_id: str,
     definition: bytes | None,
     tries: int,
-    reason: str,
+    reason: ControlReason,
     actor: str,
     note: str,
 ) -> EndedJob:
@@ -109,7 +109,7 @@ def ended_from_call(
     kwargs: dict[str, Any],
     enqueued_at: datetime | None,
     attempts: int,
-    reason: str,
+    reason: ControlReason,
     actor: str,
     note: str,
     correlation_id: str | None = None,

@@ -63,6 +63,9 @@ class Settings:
     # The console's session cookie drops ``Secure`` only when this is set AND a request arrives over
     # plain HTTP on a loopback host (``fmhl-ops dev`` sets it; see service/console/security.py).
     console_insecure_cookies: bool = False
+    # A console session unused this long is revoked (sign in again); SESSION_TTL_SECONDS stays
+    # the absolute limit. The overview's 5 s auto-refresh does not count as use.
+    console_idle_timeout_seconds: int = 1800
 
     def max_jobs_for(self, queue: str) -> int:
         return int(self.worker_queues.get(queue, {}).get("max_jobs", self.worker_max_jobs))
@@ -302,6 +305,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         console_insecure_cookies=_parse(
             e, "CONSOLE_INSECURE_COOKIES", _flag, "1 or 0 (true/false, yes/no)", False
+        ),
+        console_idle_timeout_seconds=_parse(
+            e, "CONSOLE_IDLE_TIMEOUT_SECONDS", _positive_int, "a positive integer of seconds", 1800
         ),
         cron_schedules=_parse(
             e, "CRON_SCHEDULES", _cron_schedules, 'JSON like {"cleanup_dlq": {"hour": 1, "minute": 0}}', {}
