@@ -48,7 +48,7 @@ ACTION_STATES = {
     "run-now": ("scheduled", "retrying"),
 }
 NOTICES = {
-    "cancelled": "Job cancelled. It is kept in the dead letters as cancelled (resolved).",
+    "job_cancelled": "Job cancelled. It is kept in the dead letters as cancelled (resolved).",
     "abort_requested": "Abort requested: the worker cancels the job within about a second and records it as aborted.",  # noqa: E501
     "run_now": "The job is due now: the next free worker takes it.",
 }
@@ -208,7 +208,7 @@ async def job_action(request: Request, user: ConsoleUser) -> Response:
             actor=who.name, actor_user_id=who.user_id, ip=who.ip,
         )  # fmt: skip
     if action == "cancel":
-        return redirect(_jobs_url(queue, back if back in JOB_STATES else "queued", done="cancelled"))
+        return redirect(_jobs_url(queue, back if back in JOB_STATES else "queued", done="job_cancelled"))
     if action == "abort":
         return redirect(_jobs_url(queue, "running", done="abort_requested"))
     return redirect(_jobs_url(queue, "queued", done="run_now"))

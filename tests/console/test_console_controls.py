@@ -157,7 +157,7 @@ async def test_cancel_abort_run_now_and_a_second_click_is_409(
     confirm = await _page(admin, f"{JOBS}/{ids['scheduled']}/cancel")
     assert "dead letters as cancelled" in confirm.replace("<strong>", "").replace("</strong>", "")
     cancel = await _post(admin, f"{JOBS}/{ids['scheduled']}/cancel", reason="not needed", state="scheduled")
-    assert cancel.status_code == 303 and "done=cancelled" in cancel.headers["location"]
+    assert cancel.status_code == 303 and "done=job_cancelled" in cancel.headers["location"]
     assert "state=scheduled" in cancel.headers["location"]
     twice = await _post(admin, f"{JOBS}/{ids['scheduled']}/cancel", reason="again")
     assert twice.status_code == 409 and "already cancelled" in twice.text
