@@ -354,7 +354,16 @@ async def bulk_cancel(
             if not definition or _function_of(definition) != function:
                 continue
             try:
-                await cancel_job(conn, redis, queue=queue, job_id=job_id, actor=actor, reason=note)
+                await cancel_job(
+                    conn,
+                    redis,
+                    queue=queue,
+                    job_id=job_id,
+                    actor=actor,
+                    reason=note,
+                    actor_user_id=actor_user_id,
+                    ip=ip,
+                )
             except Conflict as exc:
                 skipped += exc.code == "job_running"
                 continue
@@ -377,6 +386,49 @@ async def bulk_cancel(
         "WARNING", "jobs_bulk_cancelled", queue=queue, function=function, count=len(cancelled), actor=actor
     )
     return BulkCancelResult(queue, function, len(cancelled), tuple(cancelled), skipped)
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingCount:
+    """Waiting (not running) jobs of one function, as a bulk cancel's confirmation shows them."""
+
+    queue: str
+    function: str
+    count: int
+    # True when the walk stopped at ``max_count`` matches or ``max_scan`` members: "at least"
+    capped: bool
+
+
+async def count_waiting(
+    redis: RedisClient,
+    *,
+    queue: str,
+    function: str,
+    max_count: int = BULK_CANCEL_MAX,
+    max_scan: int = 200_000,
+) -> WaitingCount:
+    """How many queued/scheduled/retrying jobs of ``function`` a bulk cancel would take, walking
+    the queue zset in pages (never a keyspace scan), bounded by ``max_count`` and ``max_scan``."""
+    check_queue(queue)
+    count = scanned = 0
+    offset = 0
+    while count < max_count and scanned < max_scan:
+        members = await redis.zrange(queue, offset, offset + BULK_PAGE - 1)
+        if not members:
+            return WaitingCount(queue, function, count, False)
+        ids = [m.decode() for m in members]
+        pipe = redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.get(job_key_prefix + job_id)
+            pipe.exists(in_progress_key_prefix + job_id)
+        replies = await pipe.execute()
+        for n in range(len(ids)):
+            definition, running = replies[2 * n], replies[2 * n + 1]
+            if definition and not running and _function_of(definition) == function:
+                count += 1
+        scanned += len(ids)
+        offset += len(ids)
+    return WaitingCount(queue, function, min(count, max_count), True)
 
 
 def _function_of(definition: bytes) -> str | None:

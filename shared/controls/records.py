@@ -39,7 +39,7 @@ from shared.infra.logs import log_event
 from shared.infra.redis import RedisClient
 from shared.jobs.queues import CORRELATION_KWARG, RETRY_OF_KWARG
 
-ERROR_TYPES = {CANCELLED: "JobCancelled", ABORTED: "JobAborted"}
+ERROR_TYPES: dict[str, str] = {CANCELLED: "JobCancelled", ABORTED: "JobAborted"}
 RESOLUTION = "manual"
 
 
