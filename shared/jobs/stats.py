@@ -76,12 +76,15 @@ async def _redis_side(
 
 # dlq_size from the dlq_groups counters (O(groups)); failed_last_hour from an index range scan
 # of the last hour per queue (O(failures in the last hour)), never a scan of the whole DLQ.
+# An operator's cancel or abort leaves a DLQ row too: a record, not a failure. (``jobs`` may not
+# import ``dlq``: tests/unit/test_dlq_reasons.py checks this list is shared.dlq.reasons.CONTROL_REASONS.)
 DLQ_COUNTS = """
 SELECT q.queue_name,
        coalesce((SELECT sum(g.unresolved_count) FROM dlq_groups AS g
                  WHERE g.queue_name = q.queue_name), 0) AS dlq_size,
        (SELECT count(*) FROM dead_letter_queue AS d
-        WHERE d.queue_name = q.queue_name AND d.failed_at > now() - interval '1 hour') AS failed_last_hour
+        WHERE d.queue_name = q.queue_name AND d.failed_at > now() - interval '1 hour'
+          AND d.reason NOT IN ('cancelled', 'aborted')) AS failed_last_hour
 FROM unnest($1::text[]) AS q(queue_name)
 """
 

@@ -33,3 +33,12 @@ def test_reasons_are_unique_and_the_worker_uses_known_ones() -> None:
     assert len(DLQ_REASONS) == len(set(DLQ_REASONS))
     assert set(CONTROL_REASONS) == {"cancelled", "aborted"}
     assert set(SILENT_ERROR_TYPES) <= set(FAILURE_REASONS)
+
+
+def test_queue_stats_leave_out_exactly_the_control_reasons() -> None:
+    """``failed_last_hour`` counts failures, not an operator's cancels and aborts."""
+    from shared.jobs.stats import DLQ_COUNTS
+
+    found = re.search(r"reason NOT IN \(([^)]*)\)", DLQ_COUNTS)
+    assert found
+    assert set(re.findall(r"'([a-z_]+)'", found.group(1))) == set(CONTROL_REASONS)
