@@ -20,7 +20,9 @@ WORKDIR /src
 # against the sha256 in the lock (--require-hashes), the build tools included: setuptools and
 # wheel come from requirements-build.lock and builds run without isolation, so no unpinned build
 # backend is fetched (for our package and quantile-python, aioprometheus' one sdist-only
-# dependency). Regenerate both locks with pip-tools (README, "Container image ...").
+# dependency). Both locks are universal (uv pip compile --universal: every Python >=3.11, markers
+# where a dependency applies to some Pythons only), so a rebuilt base never misses one.
+# Regenerate them with uv (README, "Container image ...").
 COPY requirements.lock requirements-build.lock ./
 RUN pip install --require-hashes --only-binary :all: -r requirements-build.lock \
     && pip install --require-hashes --no-build-isolation -r requirements.lock

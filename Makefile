@@ -25,9 +25,10 @@ run: $(VENV)/.embedded
 
 # Debian packages the tests drive for real: promtool + Prometheus server (prometheus), amtool +
 # Alertmanager (prometheus-alertmanager), redis_exporter for the dashboard's Redis panels
-# (prometheus-redis-exporter), a browser (chromium) and a load generator (wrk).
+# (prometheus-redis-exporter), a browser (chromium), a load generator (wrk) and PgBouncer in front
+# of Postgres (pgbouncer: tests/integration/test_pgbouncer.py, TEST_VIA_PGBOUNCER=1).
 # Installed only when a command is missing (CI runs as root; elsewhere sudo is used).
-DEB_TOOLS := promtool:prometheus amtool:prometheus-alertmanager prometheus-alertmanager:prometheus-alertmanager prometheus-redis-exporter:prometheus-redis-exporter chromium:chromium wrk:wrk
+DEB_TOOLS := promtool:prometheus amtool:prometheus-alertmanager prometheus-alertmanager:prometheus-alertmanager prometheus-redis-exporter:prometheus-redis-exporter chromium:chromium wrk:wrk pgbouncer:pgbouncer
 tools:
 	@missing=""; for pair in $(DEB_TOOLS); do cmd=$${pair%%:*}; pkg=$${pair#*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \

@@ -26,7 +26,17 @@ from typing import Any
 import asyncpg
 import orjson
 
-from bench import cleanup_case, http_cases, metrics_case, reconcile, scale_out_case, storm_case, worker_cases
+from bench import (
+    cleanup_case,
+    http_cases,
+    live_jobs_case,
+    login_case,
+    metrics_case,
+    reconcile,
+    scale_out_case,
+    storm_case,
+    worker_cases,
+)
 from bench.common import (
     CONSOLE,
     Backends,
@@ -88,9 +98,11 @@ CASES: dict[str, tuple[Case, bool]] = {
     "live": (http_cases.live_case, False),
     "api": (_api, True),
     "metrics": (metrics_case.metrics_case, True),
+    "live_jobs": (live_jobs_case.live_jobs_case, False),
     "console": (_console, True),
     "cleanup": (cleanup_case.cleanup_case, False),
     "reconcile": (reconcile.reconcile_case, False),
+    "login_burst": (login_case.login_burst_case, False),
 }
 DEFAULT_CASES: dict[str, tuple[str, ...]] = {"10m": ("api",)}
 

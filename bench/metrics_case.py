@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import Backends, Result, Scale, latencies_ms, percentile, progress
-from service.app import ROUTE_MODULES, create_app
+from service.app import api_operations, create_app
 from shared.email.templates import TEMPLATES
 from shared.infra.config import Settings
 from shared.infra.logs import configure_logging
@@ -46,12 +46,12 @@ def populate(metrics: Metrics) -> int:
 
 def _http(metrics: Metrics) -> int:
     series = 0
-    for module in ROUTE_MODULES:
-        for route in module.ROUTES:
-            for method in sorted(route.methods or {"GET"}):
-                for status in HTTP_STATUSES:
-                    metrics.observe_http(method, route.path, status, 0.003)
-                    series += 1
+    for operation in api_operations():
+        # Starlette answers HEAD on every GET route: those label sets exist too
+        for method in (operation.method, "HEAD") if operation.method == "GET" else (operation.method,):
+            for status in HTTP_STATUSES:
+                metrics.observe_http(method, operation.path, status, 0.003)
+                series += 1
     return series
 
 

@@ -24,8 +24,9 @@ from typing import Any, TextIO, TypeVar
 import asyncpg
 
 from cli.errors import CliError
+from shared.auth.roles import ROLES
 from shared.auth.totp import mfa_cipher
-from shared.auth.users import ROLES, create_user, disable_user, normalize_email, reset_mfa
+from shared.auth.users import create_user, disable_user, normalize_email, reset_mfa
 from shared.infra.config import Settings
 from shared.infra.correlation import bind_correlation_id, reset_correlation_id
 from shared.infra.db import create_pool

@@ -54,7 +54,7 @@ def _dev_mfa_key(run_dir: Path) -> str:
 async def _serve_dev(settings: Settings, host: str, port: int, *, demo: bool = False) -> None:
     from service.app import create_app
     from service.server import run_until_signalled
-    from shared.infra.http_server import build_uvicorn
+    from shared.infra.http_server import MainPortProtocol, build_uvicorn
     from worker.fmhl_worker import build_worker
     from worker.process import stop_gracefully
 
@@ -87,7 +87,9 @@ async def _serve_dev(settings: Settings, host: str, port: int, *, demo: bool = F
         state.draining = True
 
     try:
-        await run_until_signalled([build_uvicorn(app, host, port)], on_drain=drain, drain_seconds=0.0)
+        await run_until_signalled(
+            [build_uvicorn(app, host, port, protocol=MainPortProtocol)], on_drain=drain, drain_seconds=0.0
+        )
     finally:
         await stop_workers()  # once the server has stopped: running jobs finish, then workers close
 

@@ -264,6 +264,8 @@ class EmbeddedPostgres:
     data_dir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    # A test of the connection budget starts a server with just enough (tests/integration/test_db_budget.py).
+    max_connections: int = 300
 
     @property
     def dsn(self) -> str:
@@ -318,7 +320,7 @@ class EmbeddedPostgres:
                     "-c",
                     "fsync=off",
                     "-c",
-                    "max_connections=300",
+                    f"max_connections={self.max_connections}",
                     "-c",
                     "shared_buffers=128MB",
                 ],

@@ -25,7 +25,7 @@ Command = Callable[[argparse.Namespace, Settings], int]
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    applied = asyncio.run(migrate(settings.require_database_url()))
+    applied = asyncio.run(migrate(settings.migration_database_url()))
     print(
         f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else " (up to date)")
     )
@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fmhl-ops {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("migrate", help="apply pending SQL migrations (idempotent, advisory-locked)")
+    p = sub.add_parser(
+        "migrate",
+        help="apply pending SQL migrations (idempotent, advisory-locked); DATABASE_DIRECT_URL if set",
+    )
     p.set_defaults(handler=cmd_migrate)
 
     p = sub.add_parser("serve", help="run the HTTP service under uvicorn")
@@ -79,9 +82,10 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction[argparse.Argu
     """Subcommands owned by other modules (worker, admin, cron) register themselves here."""
     from cli.admin import register as register_admin
     from cli.demo import register as register_demo
+    from cli.queue_commands import register as register_queue
     from cli.worker_commands import register as register_worker
 
-    return [register_worker, register_admin, register_demo]
+    return [register_worker, register_admin, register_demo, register_queue]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from arq.connections import ArqRedis
 from starlette.applications import Starlette
@@ -11,16 +12,22 @@ from starlette.middleware import Middleware
 
 from service import openapi
 from service.console.app import ConsoleDispatch, build_console
+from service.contract import Operation
 from service.errors import EXCEPTION_HANDLERS
 from service.middleware import RequestContextMiddleware
-from service.routes import audit, auth, dlq, health, metrics, queues
+from service.routes import audit, auth, dlq, health, live_jobs, metrics, queue_controls, queues
 from service.state import AppState
 from shared.infra.config import Settings, load_settings
 from shared.infra.db import Database
 from shared.infra.metrics import Metrics
 from shared.infra.redis import create_redis
 
-ROUTE_MODULES = (health, metrics, auth, queues, dlq, audit)
+ROUTE_MODULES = (health, metrics, auth, queues, dlq, queue_controls, live_jobs, audit)
+
+
+def api_operations() -> list[Operation[Any, Any, Any]]:
+    """Every operation of every route module, in matching order (``service/contract.py``)."""
+    return [op for module in ROUTE_MODULES for op in module.OPERATIONS]
 
 
 def create_app(
@@ -52,10 +59,9 @@ def create_app(
             await db.close()
             await redis_client.aclose()
 
-    spec = openapi.build_spec([m.OPENAPI_PATHS for m in ROUTE_MODULES] + [openapi.OPENAPI_PATHS])
-    routes = [route for module in ROUTE_MODULES for route in module.ROUTES] + [openapi.openapi_route(spec)]
+    operations = api_operations()
     app = Starlette(
-        routes=routes,
+        routes=[op.route() for op in [*operations, openapi.document_operation(operations)]],
         middleware=[
             Middleware(RequestContextMiddleware, metrics=app_metrics),
             Middleware(ConsoleDispatch, console=build_console(state)),  # /console, /docs: HTML

@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import msgspec
 import redis.exceptions
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from shared.infra import errors
 from shared.infra.logs import log_event
@@ -43,10 +44,20 @@ CODE_BY_STATUS = {
 }
 
 
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+class ErrorDetail(msgspec.Struct):
+    code: str  # stable snake_case
+    message: str  # a human sentence; never a trace or SQL
+
+
+class Error(msgspec.Struct):
+    """Every error answer: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = msgspec.json.encode(Error(ErrorDetail(code, message)))
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 async def handle_domain_error(request: Request, exc: Exception) -> Response:

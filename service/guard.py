@@ -1,13 +1,7 @@
-"""The guard every ``/api/v1/admin/*`` route calls first.
+"""The guard that runs before every ``/api/v1/admin/*`` route (and logout).
 
-Usage in a route module::
-
-    async def list_things(request: Request) -> Response:
-        principal = await require_admin(request)
-        ...
-
-or wrap the endpoint: ``Route("/api/v1/admin/things", admin_endpoint(list_things))`` where
-``list_things(request, principal)``.
+Routes do not call it themselves: an operation declared with ``auth="admin"`` (or ``"session"``)
+in ``service/contract.py`` runs ``require_admin`` (or ``authenticate``) before reading any input.
 
 Every request re-reads its session joined with its user (one indexed query), so a revoked
 session, an expired one or a disabled user stops working at once. Failures are domain errors
@@ -24,13 +18,12 @@ Every admin API route uses ``require_admin``: ``support`` users get 403 there.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
-from starlette.responses import Response
 
 from service.state import app_state
+from shared.auth.roles import Role
 from shared.auth.sessions import find_live_session, is_well_formed_token
 from shared.infra.errors import Forbidden, Unauthenticated
 
@@ -41,8 +34,13 @@ _UNAUTHENTICATED = "a valid bearer token of a live admin session is required"
 class Principal:
     user_id: uuid.UUID
     email: str
-    role: str
+    role: Role
     session_id: uuid.UUID
+
+
+def client_ip(request: Request) -> str | None:
+    """The caller's address as uvicorn resolved it (``FORWARDED_ALLOW_IPS`` behind a proxy)."""
+    return request.client.host if request.client else None
 
 
 def bearer_token(request: Request) -> str:
@@ -73,21 +71,3 @@ async def require_admin(request: Request) -> Principal:
     if principal.role != "admin":
         raise Forbidden("this route requires the admin role")
     return principal
-
-
-Endpoint = Callable[[Request], Awaitable[Response]]
-GuardedEndpoint = Callable[[Request, Principal], Awaitable[Response]]
-
-
-def _guarded(guard: Callable[[Request], Awaitable[Principal]], handler: GuardedEndpoint) -> Endpoint:
-    async def endpoint(request: Request) -> Response:
-        return await handler(request, await guard(request))
-
-    endpoint.__name__ = handler.__name__
-    endpoint.__doc__ = handler.__doc__
-    return endpoint
-
-
-def admin_endpoint(handler: GuardedEndpoint) -> Endpoint:
-    """Wrap ``handler(request, principal)`` so it runs only for admins."""
-    return _guarded(require_admin, handler)

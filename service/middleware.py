@@ -6,6 +6,8 @@
 * Bodies over ``max_body_bytes`` get 413 before the endpoint sees them.
 * Every ``/api/`` response (admin data, tokens, errors alike) carries ``Cache-Control: no-store``
   unless the endpoint set its own, so no browser, proxy or CDN keeps a copy.
+* Every response, whatever produced it (API, console, static files, probes, 404/405/413/500),
+  carries ``X-Content-Type-Options: nosniff``: a browser never second-guesses a content type.
 * The access log is ours (``http_access``: method, path, route, status, duration, client, with
   the request id), not uvicorn's: one JSON line per request, probes and scrapes excepted.
 """
@@ -124,6 +126,8 @@ class RequestContextMiddleware:
 def _response_headers(raw: list[tuple[bytes, bytes]], request_id: str, no_store: bool) -> list[Any]:
     headers = [(k, v) for k, v in raw if k.lower() != b"x-request-id"]
     headers.append((b"x-request-id", request_id.encode()))
+    if not any(k.lower() == b"x-content-type-options" for k, _ in headers):
+        headers.append((b"x-content-type-options", b"nosniff"))
     if no_store and not any(k.lower() == b"cache-control" for k, _ in headers):
         headers.append((b"cache-control", b"no-store"))
     return headers

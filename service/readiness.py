@@ -11,14 +11,37 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
+
+from msgspec import Struct
 
 from service.state import AppState
 from shared.infra.timefmt import now_iso_utc
 from shared.jobs.heartbeat import HEARTBEAT_TTL_SECONDS, read_heartbeats
 from shared.jobs.queues import ALL_QUEUES
 
-Check = dict[str, Any]
+HealthStatus = Literal["pass", "warn", "fail"]
+
+
+class HealthCheck(Struct, omit_defaults=True, rename="camel"):
+    """One check of the draft's ``checks`` map; fields left out when they do not apply."""
+
+    status: HealthStatus
+    component_id: str | None = None
+    component_type: Literal["datastore", "worker"] | None = None
+    observed_value: float | None = None
+    observed_unit: str | None = None
+    time: str | None = None
+    output: str | None = None
+
+
+class HealthReport(Struct, omit_defaults=True, rename="camel"):
+    """``/health/live`` (status only) and ``/health/ready``."""
+
+    status: HealthStatus
+    release_id: str | None = None
+    checks: dict[str, list[HealthCheck]] | None = None
+    output: str | None = None
 
 
 async def _bounded(work: Callable[[], Awaitable[Any]], timeout: float) -> tuple[Any, float]:
@@ -33,23 +56,23 @@ async def _bounded(work: Callable[[], Awaitable[Any]], timeout: float) -> tuple[
     return task.result(), time.perf_counter() - started
 
 
-async def _datastore_check(work: Callable[[], Awaitable[Any]], timeout: float) -> Check:
+async def _datastore_check(work: Callable[[], Awaitable[Any]], timeout: float) -> HealthCheck:
     try:
         _, elapsed = await _bounded(work, timeout)
-        return {
-            "componentType": "datastore",
-            "observedValue": round(elapsed, 4),
-            "observedUnit": "s",
-            "status": "pass",
-            "time": now_iso_utc(),
-        }
+        return HealthCheck(
+            component_type="datastore",
+            observed_value=round(elapsed, 4),
+            observed_unit="s",
+            status="pass",
+            time=now_iso_utc(),
+        )
     except Exception as exc:  # any failure is a failed check
-        return {
-            "componentType": "datastore",
-            "status": "fail",
-            "output": f"{type(exc).__name__}: {exc}"[:200],
-            "time": now_iso_utc(),
-        }
+        return HealthCheck(
+            component_type="datastore",
+            status="fail",
+            output=f"{type(exc).__name__}: {exc}"[:200],
+            time=now_iso_utc(),
+        )
 
 
 async def _postgres(state: AppState) -> None:
@@ -58,12 +81,12 @@ async def _postgres(state: AppState) -> None:
         await conn.fetchval("SELECT 1")
 
 
-async def _workers_check(state: AppState, timeout: float) -> list[Check]:
+async def _workers_check(state: AppState, timeout: float) -> list[HealthCheck]:
     try:
         beats, _ = await _bounded(lambda: read_heartbeats(state.redis), timeout)
     except Exception as exc:
         return [
-            {"componentId": q, "status": "warn", "output": f"heartbeats unreadable: {type(exc).__name__}"}
+            HealthCheck(component_id=q, status="warn", output=f"heartbeats unreadable: {type(exc).__name__}")
             for q in ALL_QUEUES
         ]
     now = time.time()
@@ -72,24 +95,24 @@ async def _workers_check(state: AppState, timeout: float) -> list[Check]:
         ages = [b.age_seconds(now) for b in beats if b.queue == queue]
         if not ages:
             checks.append(
-                {"componentId": queue, "componentType": "worker", "status": "warn", "output": "no heartbeat"}
+                HealthCheck(component_id=queue, component_type="worker", status="warn", output="no heartbeat")
             )
             continue
         age = min(ages)
         checks.append(
-            {
-                "componentId": queue,
-                "componentType": "worker",
-                "observedValue": round(age, 3),
-                "observedUnit": "s",
-                "status": "pass" if age <= HEARTBEAT_TTL_SECONDS else "warn",
-                "time": now_iso_utc(),
-            }
+            HealthCheck(
+                component_id=queue,
+                component_type="worker",
+                observed_value=round(age, 3),
+                observed_unit="s",
+                status="pass" if age <= HEARTBEAT_TTL_SECONDS else "warn",
+                time=now_iso_utc(),
+            )
         )
     return checks
 
 
-async def readiness(state: AppState) -> tuple[int, dict[str, Any]]:
+async def readiness(state: AppState) -> tuple[int, HealthReport]:
     timeout = state.settings.health_check_timeout_seconds
     postgres, redis, workers = await asyncio.gather(
         _datastore_check(lambda: _postgres(state), timeout),
@@ -101,10 +124,10 @@ async def readiness(state: AppState) -> tuple[int, dict[str, Any]]:
         "redis:responseTime": [redis],
         "workers:heartbeat": workers,
     }
-    statuses = [c["status"] for group in checks.values() for c in group]
-    status = "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
-    body: dict[str, Any] = {"status": status, "releaseId": state.settings.release_id, "checks": checks}
+    statuses = [c.status for group in checks.values() for c in group]
+    status: HealthStatus = "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
+    report = HealthReport(status=status, release_id=state.settings.release_id, checks=checks)
     if state.draining:
-        body["status"] = "fail"
-        body["output"] = "draining: shutting down"
-    return (503 if body["status"] == "fail" else 200), body
+        report.status = "fail"
+        report.output = "draining: shutting down"
+    return (503 if report.status == "fail" else 200), report

@@ -9,6 +9,10 @@ the endpoint's removal (kube-proxy keeps routing an established connection), so 
 pooled client kept sending on a connection uvicorn then closed under its next request: a reset
 (tests/reliability/test_graceful_shutdown.py). Closed after its response, the client reconnects
 and the load balancer sends it elsewhere.
+
+The main port has a request-head deadline (10 s from connect, and again after each response) and a
+cap of 1000 open connections (``shared.infra.http_server.MainPortProtocol``): 200 connections
+dribbling header lines (slowloris) used to stay open indefinitely.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.routes.metrics import refresh_scrape_gauges
 from service.state import AppState
-from shared.infra.http_server import build_uvicorn, probe_app
+from shared.infra.http_server import MainPortProtocol, build_uvicorn, probe_app
 
 DEFAULT_DRAIN_SECONDS = 3.0
 
@@ -107,7 +111,8 @@ async def serve(
     app: Starlette, host: str, port: int, *, drain_seconds: float = DEFAULT_DRAIN_SECONDS
 ) -> None:
     state: AppState = app.state.ops
-    servers: list[uvicorn.Server] = [build_uvicorn(close_connections_while_draining(app, state), host, port)]
+    main = build_uvicorn(close_connections_while_draining(app, state), host, port, protocol=MainPortProtocol)
+    servers: list[uvicorn.Server] = [main]
     if state.settings.metrics_port is not None:
         servers.append(metrics_side_server(state, host, state.settings.metrics_port))
 

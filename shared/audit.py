@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from shared.infra.correlation import current_correlation_id
 from shared.infra.db import Conn, fetch, fetchval
+from shared.infra.timefmt import UtcDatetime
 
 INSERT_AUDIT = """
 INSERT INTO audit_log (actor, actor_user_id, action, target_type, target_id, metadata, ip, request_id)
@@ -34,8 +34,10 @@ WORKER_ACTOR = "system:worker"
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
+    """One audit row: who (actor, ip, request id) did what (action) to which target, with metadata."""
+
     id: int
-    occurred_at: datetime
+    occurred_at: UtcDatetime
     actor: str
     actor_user_id: uuid.UUID | None
     action: str

@@ -1,10 +1,14 @@
 """Shared fixtures: a fresh migrated database per run, Redis flushed per test, settings.
 
-See ``tests/infra.py`` for where Postgres and Redis come from.
+See ``tests/infra.py`` for where Postgres and Redis come from. ``TEST_VIA_PGBOUNCER=1`` puts a
+PgBouncer in transaction mode (``tests/pgbouncer.py``) between the application side and that
+database: ``database_url`` (and so ``pool``, ``settings`` and every process a test starts) goes
+through it, while ``direct_database_url`` (DDL, migrations) does not.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,6 +22,7 @@ from shared.infra.db import create_pool
 from shared.infra.metrics import Metrics
 from shared.infra.migrations import apply_migrations
 from shared.infra.redis import create_redis
+from tests import pgbouncer
 from tests.infra import Backends, backends, database_dsn
 from tests.secret_scan import secret_scan  # noqa: F401 - autouse: no secret in any log line of the session
 
@@ -44,7 +49,7 @@ def test_backends() -> Iterator[Backends]:
 
 
 @pytest.fixture(scope="session")
-async def database_url(test_backends: Backends) -> AsyncIterator[str]:
+async def direct_database_url(test_backends: Backends) -> AsyncIterator[str]:
     name = f"fmhl_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(test_backends.postgres_admin_dsn)
     try:
@@ -63,6 +68,17 @@ async def database_url(test_backends: Backends) -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture(scope="session")
+def database_url(direct_database_url: str, test_backends: Backends) -> Iterator[str]:
+    """The application's ``DATABASE_URL``: the test database, through PgBouncer when
+    ``TEST_VIA_PGBOUNCER=1``."""
+    if os.environ.get("TEST_VIA_PGBOUNCER") != "1":
+        yield direct_database_url
+        return
+    with pgbouncer.running(test_backends.postgres_admin_dsn) as bouncer:
+        yield bouncer.url_for(direct_database_url)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import atexit
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -116,6 +117,19 @@ def program(
 ) -> Proc:
     """Any program (Prometheus, Alertmanager, make ...) as a ``Proc``."""
     return Proc(list(argv[1:]), env, cwd, executable=argv[0])
+
+
+def wait_tcp(port: int, *, timeout: float, proc: Proc | None = None) -> None:
+    """Until something accepts a TCP connection on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.process is not None and proc.process.poll() is not None:
+            raise AssertionError(f"process exited {proc.process.returncode}:\n{proc.output()[-3000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    detail = proc.output()[-3000:] if proc is not None else ""
+    raise AssertionError(f"nothing listened on port {port} within {timeout}s:\n{detail}")
 
 
 def wait_http(

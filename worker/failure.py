@@ -38,7 +38,9 @@ from shared.infra.logs import log_event
 from shared.infra.metrics import Metrics
 from shared.infra.redis import cancelled_job_key
 from shared.jobs.policy import RetryPolicy
-from worker.failure_records import record_from_exception, split_reserved_kwargs
+from shared.jobs.retry_trace import record_retry
+from worker.aborts import record_if_aborted
+from worker.failure_records import record_from_exception, safe_message, split_reserved_kwargs
 
 JobFunction = Callable[..., Awaitable[Any]]
 
@@ -96,7 +98,18 @@ def with_failure_policy(queue: str, name: str, policy: RetryPolicy, coroutine: J
             async with asyncio.timeout(policy.timeout_seconds):
                 result = await coroutine(ctx, *args, **kwargs)
         except asyncio.CancelledError:
-            await _mark_cancelled(redis, job_id)
+            aborted = await record_if_aborted(
+                ctx,
+                queue=queue,
+                function=name,
+                args=args,
+                kwargs=kwargs,
+                correlation_id=correlation_id,
+                job_id=job_id,
+                job_try=job_try,
+            )
+            if not aborted:  # an operator's abort is recorded, not a lost or cancelled try
+                await _mark_cancelled(redis, job_id)
             raise
         except Exception as exc:
             _observe(metrics, labels, started)
@@ -115,6 +128,16 @@ def with_failure_policy(queue: str, name: str, policy: RetryPolicy, coroutine: J
                     max_tries=policy.max_tries,
                     retry_in_s=round(delay, 3),
                     error_type=type(exc).__name__,
+                )
+                await record_retry(
+                    redis,
+                    queue=queue,
+                    job_id=job_id,
+                    job_try=job_try,
+                    max_tries=policy.max_tries,
+                    delay_seconds=delay,
+                    error_type=type(exc).__name__,
+                    error_message=safe_message(exc),
                 )
                 raise Retry(defer=delay) from exc
             reason = "exhausted" if transient else "permanent"

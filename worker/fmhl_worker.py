@@ -6,7 +6,9 @@ worker was killed mid-job). The override captures each into the DLQ before arq d
 and never raises (an exception there would kill the worker).
 
 One queue per process (arq has no multi-queue worker). ``job_completion_wait`` is at least the
-longest job timeout, so SIGTERM lets running jobs finish.
+longest job timeout, so SIGTERM lets running jobs finish. Stopping does not rely on arq's cancel of
+the main task reaching it (on Python 3.11 it can be lost): see ``worker/shutdown.py``. Empty polls
+back off (``worker/idle_backoff.py``), so a poll delay of 0 does not spin an idle worker.
 """
 
 from __future__ import annotations
@@ -32,12 +34,17 @@ from shared.infra.config import ConfigError, Settings
 from shared.infra.db import Database
 from shared.infra.logs import log_event
 from shared.infra.metrics import Metrics
-from shared.infra.redis import cancelled_job_key, create_redis, deserialize_job, serialize_job
+from shared.infra.redis import cancelled_job_key, create_redis, deserialize_job, job_ended_key, serialize_job
 from shared.jobs.heartbeat import HEARTBEAT_INTERVAL_SECONDS, Heartbeat, delete_heartbeat, write_heartbeat
 from shared.jobs.queues import ALL_QUEUES
+from worker.aborts import record_abort_from_result
 from worker.failure_records import record_from_silent_failure
+from worker.idle_backoff import IdleBackoff
 from worker.job_claim import ClaimingWorker
 from worker.job_finish import FinishBatchingWorker
+from worker.live_jobs import LiveJobsWorker
+from worker.queue_pause import PausableWorker
+from worker.shutdown import PollingStopped, StopRequest, cancel_until_done
 
 LIVENESS_STALE_SECONDS = 60.0
 # Longer than this and the worker starts anyway: jobs then retry with backoff until Postgres is back.
@@ -58,10 +65,12 @@ REDIS_RETRY_MIN_SECONDS = 0.2
 # Shutdown clean-up in Redis is best effort (keys expire anyway): a hung Redis must not stretch
 # SIGTERM by two socket timeouts (20 s, past a typical grace period; found by tests/reliability).
 SHUTDOWN_REDIS_TIMEOUT_SECONDS = 2.0
+# After arq gave up the main task, how long it may take to notice (it notices within one poll).
+STOP_GUARD_SECONDS = 30.0
 REDIS_RETRY_MAX_SECONDS = 2.0
 
 
-class FmhlWorker(ClaimingWorker, FinishBatchingWorker):
+class FmhlWorker(PausableWorker, LiveJobsWorker, ClaimingWorker, FinishBatchingWorker):
     def __init__(
         self,
         functions: Sequence[Function],
@@ -78,6 +87,7 @@ class FmhlWorker(ClaimingWorker, FinishBatchingWorker):
         )
         kwargs.setdefault("job_completion_wait", int(longest) + 5)
         kwargs.setdefault("timezone", UTC)
+        kwargs.setdefault("allow_abort_jobs", True)  # shared.controls.actions.abort_job
         super().__init__(
             functions,
             queue_name=queue_name,
@@ -98,15 +108,34 @@ class FmhlWorker(ClaimingWorker, FinishBatchingWorker):
         self.owns_redis = True
         self._spool_task: asyncio.Future[None] | None = None
         self._redis_retry_seconds = REDIS_RETRY_MIN_SECONDS
+        self.stop_request = StopRequest()
+        self.on_stop = self._stop_polling  # arq calls it right after ``main_task.cancel()``
+        self._stop_guard: asyncio.Future[bool] | None = None
+        self.idle_backoff = IdleBackoff(self.poll_delay_s)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def main(self) -> None:
-        await self._wait_for_redis()
-        await super().main()
+        try:
+            await self._wait_for_redis()
+            await super().main()
+        except PollingStopped:
+            return  # stopped by the flag: arq's cancel of this task was lost on the way
+
+    def _stop_polling(self, signum: signal.Signals) -> None:
+        """arq's ``on_stop``: running jobs are done (or ``job_completion_wait`` passed) and arq has
+        cancelled the main task. Should that cancel be lost, the poll loop stops at its next
+        iteration anyway, and the guard repeats the cancel for awaits outside the loop."""
+        self.stop_request.set()
+        task = self.main_task
+        if task is not None and not task.done():
+            self._stop_guard = asyncio.ensure_future(
+                cancel_until_done(task, timeout=STOP_GUARD_SECONDS, name="worker_main")
+            )
 
     async def _wait_for_redis(self) -> None:
         """arq's ``main`` dials Redis first and dies if it is down: wait (alive, logging) instead."""
         while self._pool is not None:  # None: arq dials its own pool in ``main``
+            self.stop_request.check()
             try:
                 await self.pool.ping()
                 return
@@ -116,6 +145,7 @@ class FmhlWorker(ClaimingWorker, FinishBatchingWorker):
     async def _poll_iteration(self) -> None:
         """arq's poll, surviving a Redis outage. A job whose own Redis step failed is not lost: it
         stays in the queue under arq's in-progress lock and runs again once the lock expires."""
+        self.stop_request.check()
         try:
             await super()._poll_iteration()
         except REDIS_OUTAGE_ERRORS as exc:
@@ -136,11 +166,19 @@ class FmhlWorker(ClaimingWorker, FinishBatchingWorker):
         if len(job_ids) > 1:
             start = random.randrange(len(job_ids))
             job_ids = job_ids[start:] + job_ids[:start]
+        running_before = len(self.tasks)
         try:
             await super().start_jobs(job_ids)
         except REDIS_OUTAGE_ERRORS:
             self._release_sem_dec_counter_on_complete()
             raise
+        await self._back_off_if_idle(started_jobs=len(self.tasks) > running_before)
+
+    async def _back_off_if_idle(self, *, started_jobs: bool) -> None:
+        """After a poll that started no job, wait as ``IdleBackoff`` says (never when it started one)."""
+        wait = self.idle_backoff.wait_after_poll(started_jobs=started_jobs)
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def _redis_outage(self, exc: BaseException) -> None:
         delay = self._redis_retry_seconds
@@ -206,10 +244,13 @@ class FmhlWorker(ClaimingWorker, FinishBatchingWorker):
 
     async def _beat(self, force: bool = False) -> None:
         now = time.time()
-        if not force and now - self._last_beat < HEARTBEAT_INTERVAL_SECONDS:
+        since = now - self._last_beat
+        if not force and since < HEARTBEAT_INTERVAL_SECONDS and not self.running_changed(since):
             return
         self._last_beat = now
-        beat = Heartbeat(self.queue_name, self.worker_id, socket.gethostname(), self.job_counter, now)
+        beat = Heartbeat(
+            self.queue_name, self.worker_id, socket.gethostname(), self.job_counter, now, self.running_jobs()
+        )
         try:
             await write_heartbeat(self.pool, beat)
         except Exception as exc:
@@ -222,8 +263,12 @@ class FmhlWorker(ClaimingWorker, FinishBatchingWorker):
         if not self._pool:
             return
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-        if self._spool_task is not None and not self._spool_task.done():
-            self._spool_task.cancel()
+        if self._spool_task is not None:  # a cancel can be lost here too: repeat it until done
+            await cancel_until_done(
+                self._spool_task, timeout=SHUTDOWN_REDIS_TIMEOUT_SECONDS, name="dlq_spool_drain"
+            )
+        if self._stop_guard is not None:
+            await self._stop_guard
         try:
             async with asyncio.timeout(SHUTDOWN_REDIS_TIMEOUT_SECONDS):
                 await self.pool.delete(self.health_check_key)
@@ -253,8 +298,11 @@ class FmhlWorker(ClaimingWorker, FinishBatchingWorker):
         error_type = error.get("error_type") if isinstance(error, dict) else None
         function = self.functions.get(function_name)
         max_tries = function.max_tries if function and function.max_tries is not None else self.max_tries
-        if error_type == "CancelledError":
-            return  # an abort requested by an operator, not a failure
+        if error_type == "CancelledError":  # an operator's abort before the job started
+            await record_abort_from_result(self.ctx, self.queue_name, job_id, result)
+            return
+        if function_name == "<unknown>" and await self.pool.exists(job_ended_key(job_id)):
+            return  # an operator cancelled it as this worker took it (shared.controls.actions)
         if function_name == "<unknown>":
             reason = (
                 "permanent" if error_type in ("DeserializationError", "SerializationError") else "expired"

@@ -16,12 +16,14 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.console import actions, docs, pages, signin
+from service.console import actions, controls, docs, pages, signin
 from service.console.render import STATIC
-from service.console.views import console_view, error_page
+from service.console.views import console_view, error_page, too_large_page
+from service.middleware import PayloadTooLarge
 from service.state import AppState
 
 GROUP = "/console/groups/{queue}/{fingerprint}/{action:str}"
+QUEUE = "/console/queues/{queue}"
 
 
 def console_routes() -> list[Route | Mount]:
@@ -40,6 +42,18 @@ def console_routes() -> list[Route | Mount]:
         Route(
             "/console/dlq/{entry_id}/resolve", console_view(actions.resolve, action=True), methods=["POST"]
         ),
+        Route(QUEUE + "/jobs", console_view(controls.live_jobs), methods=["GET"]),
+        Route(QUEUE + "/jobs/{job_id}", console_view(controls.live_job), methods=["GET"]),
+        Route(QUEUE + "/jobs/{job_id}/{action}", console_view(controls.job_confirm), methods=["GET"]),
+        Route(
+            QUEUE + "/jobs/{job_id}/{action}",
+            console_view(controls.job_action, action=True),
+            methods=["POST"],
+        ),
+        Route(QUEUE + "/cancel", console_view(controls.bulk_confirm), methods=["GET"]),
+        Route(QUEUE + "/cancel", console_view(controls.bulk_action, action=True), methods=["POST"]),
+        Route(QUEUE + "/{action}", console_view(controls.queue_confirm), methods=["GET"]),
+        Route(QUEUE + "/{action}", console_view(controls.queue_action, action=True), methods=["POST"]),
         Route("/console/audit", console_view(pages.audit_log), methods=["GET"]),
         Route("/console/cron", console_view(pages.cron), methods=["GET"]),
         Route("/console/cron/{name}/run", console_view(actions.run_cron, action=True), methods=["POST"]),
@@ -55,8 +69,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_page(request, exc.status_code, titles.get(exc.status_code, "Error"), message, None)
 
 
+async def _too_large(request: Request, exc: Exception) -> Response:
+    return too_large_page(request)
+
+
 def build_console(state: AppState) -> Starlette:
-    app = Starlette(routes=console_routes(), exception_handlers={HTTPException: _http_error})
+    # PayloadTooLarge is raised by the request-context middleware's receive while a handler reads a
+    # chunked body; unhandled, the console app's own error middleware would answer 500 with a trace.
+    app = Starlette(
+        routes=console_routes(),
+        exception_handlers={HTTPException: _http_error, PayloadTooLarge: _too_large},
+    )
     app.state.ops = state
     return app
 

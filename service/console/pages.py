@@ -44,6 +44,8 @@ NOTICES = {
     "retried": "Retry enqueued. The entry is resolved as retried.",
     "resolved": "Entry resolved.",
     "cron": "Run enqueued on the scheduler queue.",
+    "paused": "Queue paused: its workers start no new job; running jobs finish.",
+    "resumed": "Queue resumed: its workers start jobs again.",
 }
 
 
@@ -96,7 +98,7 @@ async def _live(request: Request) -> dict[str, Any]:
 
 
 async def overview(request: Request, user: ConsoleUser) -> Response:
-    return render(request, "overview.html", await _live(request), user=user)
+    return render(request, "overview.html", {**await _live(request), "notice": _notice(request)}, user=user)
 
 
 async def overview_live(request: Request, user: ConsoleUser) -> Response:

@@ -56,6 +56,14 @@ def _ago(moment: datetime | None) -> str:
     return _span(time.time() - moment.timestamp()) + " ago"
 
 
+def _until(moment: datetime | None) -> str:
+    """``in 3 min 5 s`` for a future moment, ``now`` once it has passed."""
+    if moment is None:
+        return "—"
+    seconds = moment.timestamp() - time.time()
+    return "in " + _span(seconds) if seconds >= 1 else "now"
+
+
 def _pretty(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
 
@@ -72,7 +80,7 @@ def build_environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(ts=_ts, iso=_iso, span=_span, ago=_ago, pretty=_pretty, number=_number)
+    env.filters.update(ts=_ts, iso=_iso, span=_span, ago=_ago, until=_until, pretty=_pretty, number=_number)
     env.globals.update(static=STATIC_URL, version=__version__)
     return env
 

@@ -2,13 +2,14 @@
 
 * Session: the cookie holds the same opaque token an API login returns (``shared.auth.login``
   opens an ``admin_sessions`` row storing only its SHA-256), so lockout, TOTP replay guard,
-  expiry, revocation and audit are the API's. ``HttpOnly``, ``SameSite=Strict``, ``Path=/``
-  and ``Secure`` — except when ``CONSOLE_INSECURE_COOKIES=1`` is set explicitly (``fmhl-ops
-  dev`` sets it) *and* the request itself arrived over plain HTTP on a loopback host
-  (``127.0.0.1``, ``::1``, ``localhost``), where a Secure cookie would never be sent back. Both
-  are needed: a proxy on the same host may well forward with ``Host: 127.0.0.1``, so the request
-  alone must not decide. Anywhere else the cookie is Secure, so a deployment behind a TLS
-  ingress works unchanged (the browser sees https).
+  expiry, revocation and audit are the API's; besides the absolute expiry a console session dies
+  after ``CONSOLE_IDLE_TIMEOUT_SECONDS`` (1800) without use (``shared.auth.sessions``).
+  ``HttpOnly``, ``SameSite=Strict``, ``Path=/`` and ``Secure`` — except when
+  ``CONSOLE_INSECURE_COOKIES=1`` is set explicitly (``fmhl-ops dev`` sets it) *and* the request
+  itself arrived over plain HTTP on a loopback host (``127.0.0.1``, ``::1``, ``localhost``),
+  where a Secure cookie would never be sent back. Both are needed: a proxy on the same host may
+  well forward with ``Host: 127.0.0.1``, so the request alone must not decide. Anywhere else the
+  cookie is Secure, so a deployment behind a TLS ingress works unchanged (the browser sees https).
 * CSRF: every form of a signed-in page carries ``csrf_token`` = HMAC-SHA256 of the session's
   token hash under a server key (derived from ``MFA_ENCRYPTION_KEY``). Nothing to store, bound
   to the session, useless after sign-out; checked on every POST before anything else happens.

@@ -23,8 +23,8 @@ from service.console.security import (
     set_signin_cookie,
 )
 from service.console.views import current_user, error_page, handle_failure
+from service.guard import client_ip
 from service.state import app_state
-from service.validation import client_ip
 from shared.auth.login import InvalidCredentials, LoginAttempt, LoginThrottled, login, logout
 from shared.auth.passwords import MAX_PASSWORD_LENGTH
 from shared.auth.users import MAX_EMAIL_LENGTH
@@ -105,7 +105,7 @@ async def sign_in(request: Request) -> Response:
         user_agent=request.headers.get("user-agent"),
     )
     try:
-        result = await login(state.db.pool, state.settings, attempt)
+        result = await login(state.db.pool, state.settings, attempt, kdf=state.kdf)
     except InvalidCredentials:
         return _form_page(
             request, next_url=next_url, email=email, error="Invalid email, password or code.", status=401

@@ -3,9 +3,9 @@
 Order on each request: find the live session behind the cookie (none → the sign-in page);
 for a POST, check the CSRF token (403), then the role (``support`` → 403: it sees every page and
 changes nothing); run the handler. Failures render as pages, never as a trace or a bare 500:
-a dependency that cannot be reached → 503 naming it, with the readiness checks; a domain error
-→ its status with its message; anything else → a generic 500 page with the request id (the
-exception is logged once, with its stack, like the API's).
+a body over 1 MiB → 413; a dependency that cannot be reached → 503 naming it, with the
+readiness checks; a domain error → its status with its message; anything else → a generic 500
+page with the request id (the exception is logged once, with its stack, like the API's).
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ from service.console.security import (
     secure_headers,
     session_token,
 )
+from service.guard import client_ip
+from service.middleware import PayloadTooLarge
 from service.readiness import readiness
 from service.state import AppState, app_state
-from service.validation import client_ip
-from shared.auth.sessions import find_live_session
+from shared.auth.sessions import find_console_session
 from shared.dlq.redrive import Actor
 from shared.infra import errors
 
@@ -42,6 +43,8 @@ Handler = Callable[[Request, ConsoleUser], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 SESSION_LOOKUP_TIMEOUT_SECONDS = 5.0
+# Requests a page makes by itself (the overview's 5 s refresh): they do not keep a session alive.
+AUTOMATIC_REQUESTS = frozenset({"/console/live"})
 PAGE_TIMEOUT_SECONDS = 20.0
 DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     errors.DependencyUnavailable,
@@ -72,7 +75,12 @@ async def current_user(request: Request, state: AppState) -> ConsoleUser | None:
         return None
     async with asyncio.timeout(SESSION_LOOKUP_TIMEOUT_SECONDS):
         async with state.db.pool.acquire() as conn:
-            session = await find_live_session(conn, token)
+            session = await find_console_session(
+                conn,
+                token,
+                idle_timeout_seconds=state.settings.console_idle_timeout_seconds,
+                activity=request.url.path not in AUTOMATIC_REQUESTS,
+            )
     if session is None:
         return None
     return ConsoleUser(
@@ -107,11 +115,11 @@ async def unavailable_page(
     """503 saying which dependency is down, with the readiness checks (never the exception)."""
     state = app_state(request)
     _, health = await readiness(state)
-    checks = health["checks"]
+    checks = health.checks or {}
     down = [
         name.split(":")[0]
         for name in ("postgres:responseTime", "redis:responseTime")
-        if checks[name][0]["status"] == "fail"
+        if checks[name][0].status == "fail"
     ]
     named = getattr(exc, "dependency", None)
     if named and named not in down:
@@ -132,7 +140,15 @@ def error_page(request: Request, status: int, title: str, message: str, user: Co
     return render(request, "error.html", {"title": title, "message": message}, user=user, status=status)
 
 
+def too_large_page(request: Request, user: ConsoleUser | None = None) -> Response:
+    """413 for a form body over the limit that came without a Content-Length (chunked): the
+    request-context middleware stops it mid-read, here, inside the console's own app."""
+    return error_page(request, 413, "Request too large", "The form is larger than 1 MiB.", user)
+
+
 async def handle_failure(request: Request, exc: Exception, user: ConsoleUser | None) -> Response:
+    if isinstance(exc, PayloadTooLarge):
+        return too_large_page(request, user)
     if is_dependency_error(exc):
         return await unavailable_page(request, exc, user)
     if isinstance(exc, HTTPException):  # e.g. a malformed form body (400) from Starlette's parser

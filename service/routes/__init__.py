@@ -1,1 +1,1 @@
-"""HTTP routes, one module per concept. Each module exports ``ROUTES`` and ``OPENAPI_PATHS``."""
+"""HTTP routes, one module per concept; each lists its ``service.contract`` operations in ``OPERATIONS``."""

@@ -6,78 +6,39 @@ what without database access. Read-only, admin only, newest first, at most 200 r
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from msgspec import Meta, Struct
 
-from service.guard import Principal, admin_endpoint
-from service.openapi_schemas import SECURITY, error_responses
-from service.state import app_state
-from service.validation import int_in_range, query_params
+from service.contract import Call, NoBody, operation
 from shared import audit
-from shared.infra.errors import Invalid
-from shared.infra.timefmt import iso_utc_or_none
 
 MAX_AUDIT_ROWS = 200
+Filter = Annotated[str, Meta(min_length=1, max_length=200)]
 
 
-def _entry_json(entry: audit.AuditEntry) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "occurred_at": iso_utc_or_none(entry.occurred_at),
-        "actor": entry.actor,
-        "action": entry.action,
-        "target_type": entry.target_type,
-        "target_id": entry.target_id,
-        "metadata": entry.metadata,
-        "ip": entry.ip,
-        "request_id": entry.request_id,
-    }
+class AuditQuery(Struct, forbid_unknown_fields=True):
+    action: Filter | None = None
+    target_id: Filter | None = None
+    limit: Annotated[int, Meta(ge=1, le=MAX_AUDIT_ROWS)] = 50
 
 
-async def list_audit(request: Request, principal: Principal) -> Response:
-    params = query_params(request, ("action", "target_id", "limit"))
-    for name in ("action", "target_id"):
-        if name in params and not 1 <= len(params[name]) <= 200:
-            raise Invalid(f"{name} must be 1-200 characters")
-    limit = int_in_range(params.get("limit"), "limit", 1, MAX_AUDIT_ROWS, 50)
-    async with app_state(request).db.pool.acquire() as conn:
-        entries = await audit.recent(
-            conn, action=params.get("action"), target_id=params.get("target_id"), limit=limit
-        )
-    return JSONResponse({"items": [_entry_json(e) for e in entries]})
+@dataclass(frozen=True, slots=True)
+class AuditList:
+    items: list[audit.AuditEntry]
 
 
-ROUTES = [Route("/api/v1/admin/audit", admin_endpoint(list_audit), methods=["GET"])]
+@operation("GET", "/api/v1/admin/audit", params=AuditQuery, body=NoBody, response=AuditList,
+           operation_id="listAuditLog",
+           summary="Newest audit rows (who changed what, from where, in which request)",
+           response_description="audit rows, newest first", tags=("admin",), auth="admin",
+           errors=(400, 401, 403, 503))  # fmt: skip
+async def list_audit(call: Call[AuditQuery, NoBody]) -> AuditList:
+    query = call.params
+    async with call.state.db.pool.acquire() as conn:
+        entries = await audit.recent(conn, action=query.action, target_id=query.target_id, limit=query.limit)
+    return AuditList(entries)
 
-OPENAPI_PATHS: dict[str, Any] = {
-    "/api/v1/admin/audit": {
-        "get": {
-            "operationId": "listAuditLog",
-            "summary": "Newest audit rows (who changed what, from where, in which request)",
-            "tags": ["admin"],
-            "security": SECURITY,
-            "parameters": [
-                {"name": "action", "in": "query", "schema": {"type": "string", "maxLength": 200}},
-                {"name": "target_id", "in": "query", "schema": {"type": "string", "maxLength": 200}},
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
-            ],
-            "responses": {
-                "200": {
-                    "description": "audit rows, newest first",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {"items": {"type": "array", "items": {"type": "object"}}},
-                            }
-                        }
-                    },
-                },
-                **error_responses("400", "401", "403", "503"),
-            },
-        }
-    }
-}
+
+OPERATIONS = [list_audit]

@@ -1,421 +1,205 @@
-"""DLQ admin routes: list, groups, detail, retry, resolve, bulk redrive.
+"""DLQ admin routes: list, groups, detail, retry, resolve, bulk redrive, rejected records.
 
-Thin: validate → call ``shared.dlq.browse`` / ``shared.dlq.redrive`` → shape JSON. Every state
-change is audited in ``shared`` within its own transaction.
+Thin: decode (``service.contract``) → call ``shared.dlq.browse`` / ``shared.dlq.redrive`` → return
+the typed answer. Every state change is audited in ``shared`` within its own transaction.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any
 
+import msgspec
+from msgspec import Meta, Struct
 from redis.exceptions import RedisError
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from service.guard import Principal, admin_endpoint
-from service.openapi_schemas import SECURITY, error_responses
-from service.state import AppState, app_state
-from service.validation import (
-    client_ip,
-    int_in_range,
-    json_int_in_range,
-    json_object,
-    optional_bool,
-    query_params,
-    reject_unknown,
-    uuid_value,
-)
+from service.contract import Call, NoBody, NoParams, operation
 from shared.dlq.browse import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
+    DlqEntryDetail,
     DlqFilter,
+    DlqGroup,
+    DlqPage,
     cursor_secret,
     get_entry,
     group_entries,
     list_entries,
-    parse_entry_id,
 )
 from shared.dlq.redrive import DEFAULT_BULK, MAX_BULK, Actor, bulk_retry, resolve_entry, retry_entry
 from shared.dlq.rejects import MAX_LISTED, newest_rejected
-from shared.infra.errors import DependencyUnavailable, Invalid
+from shared.infra.errors import DependencyUnavailable
+from shared.jobs.queues import QueueName
 
 BASE = "/api/v1/admin/queues/dlq"
+ADMIN: dict[str, Any] = {"tags": ("dlq",), "auth": "admin"}
+READ_ERRORS = (400, 401, 403, 503)
+
+Fingerprint = Annotated[str, Meta(min_length=1, max_length=64)]
+MAX_NOTE_LENGTH = 2000
 
 
-def _actor(request: Request, principal: Principal) -> Actor:
-    return Actor(name=principal.email, user_id=principal.user_id, ip=client_ip(request))
+class DlqQuery(Struct, forbid_unknown_fields=True):
+    queue: QueueName | None = None
+    resolved: bool | None = None
+    fingerprint: Fingerprint | None = None
+    q: Annotated[str, Meta(min_length=1, max_length=200, description="searches error messages")] | None = None
+    limit: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
+    cursor: str | None = None
 
 
-def _secret(state: AppState) -> bytes:
-    return cursor_secret(state.settings.mfa_encryption_key)
+class GroupsQuery(Struct, forbid_unknown_fields=True):
+    queue: QueueName | None = None
+    resolved: bool | None = False
 
 
-async def list_dlq(request: Request, principal: Principal) -> Response:
-    params = query_params(request, ("queue", "resolved", "fingerprint", "q", "limit", "cursor"))
-    filters = DlqFilter(
-        queue=params.get("queue"),
-        resolved=optional_bool(params.get("resolved"), "resolved"),
-        fingerprint=params.get("fingerprint"),
-        q=params.get("q"),
-    )
-    limit = int_in_range(params.get("limit"), "limit", 1, MAX_LIMIT, DEFAULT_LIMIT)
-    state = app_state(request)
-    async with state.db.pool.acquire() as conn:
-        page = await list_entries(
-            conn, filters, limit=limit, cursor=params.get("cursor"), secret=_secret(state)
-        )
-    return JSONResponse({"items": [e.to_json() for e in page.items], "next_cursor": page.next_cursor})
+class RejectedQuery(Struct, forbid_unknown_fields=True):
+    limit: Annotated[int, Meta(ge=1, le=MAX_LISTED)] = 20
 
 
-async def dlq_groups(request: Request, principal: Principal) -> Response:
-    params = query_params(request, ("queue", "resolved"))
-    resolved = optional_bool(params.get("resolved", "false"), "resolved")
-    state = app_state(request)
-    async with state.db.pool.acquire() as conn:
-        groups = await group_entries(conn, queue=params.get("queue"), resolved=resolved)
-    return JSONResponse({"groups": [g.to_json() for g in groups]})
+class EntryRef(Struct, forbid_unknown_fields=True):
+    entry_id: uuid.UUID
 
 
-async def dlq_detail(request: Request, principal: Principal) -> Response:
-    query_params(request, ())
-    entry_id = parse_entry_id(request.path_params["entry_id"])
-    async with app_state(request).db.pool.acquire() as conn:
-        entry = await get_entry(conn, entry_id)
-    return JSONResponse(entry.to_json(detail=True))
+class ResolveBody(Struct, forbid_unknown_fields=True):
+    note: Annotated[str, Meta(max_length=MAX_NOTE_LENGTH)] | None = None
 
 
-async def dlq_retry(request: Request, principal: Principal) -> Response:
-    entry_id = parse_entry_id(request.path_params["entry_id"])
-    reject_unknown((await json_object(request, allow_empty=True)).keys(), (), "field(s)")
-    state = app_state(request)
-    job_id = await retry_entry(
-        state.db.pool, state.redis, state.metrics, entry_id, _actor(request, principal)
-    )
-    return JSONResponse({"job_id": job_id}, status_code=202)
+class BulkRetryBody(Struct, forbid_unknown_fields=True):
+    """Either ``ids`` or both ``queue`` and ``fingerprint``."""
+
+    ids: Annotated[list[uuid.UUID], Meta(min_length=1, max_length=MAX_BULK)] | None = None
+    queue: QueueName | None = None
+    fingerprint: Fingerprint | None = None
+    max: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                le=MAX_BULK,
+                description="at most this many entries (default: all ids, or 100 by fingerprint)",
+            ),
+        ]
+        | None
+    ) = None
 
 
-async def dlq_resolve(request: Request, principal: Principal) -> Response:
-    entry_id = parse_entry_id(request.path_params["entry_id"])
-    body = await json_object(request, allow_empty=True)
-    reject_unknown(body.keys(), ("note",), "field(s)")
-    note = body.get("note")
-    if note is not None and not isinstance(note, str):
-        raise Invalid("note must be a string")
-    entry = await resolve_entry(app_state(request).db.pool, entry_id, _actor(request, principal), note)
-    return JSONResponse(entry.to_json(detail=True))
+@dataclass(frozen=True, slots=True)
+class DlqGroupList:
+    groups: list[DlqGroup]
 
 
-async def dlq_bulk_retry(request: Request, principal: Principal) -> Response:
-    body = await json_object(request)
-    reject_unknown(body.keys(), ("ids", "queue", "fingerprint", "max"), "field(s)")
-    raw_ids = body.get("ids")
-    ids = None
-    if raw_ids is not None:
-        if not isinstance(raw_ids, list):
-            raise Invalid("ids must be a list of UUIDs")
-        ids = [uuid_value(value, "ids[]") for value in raw_ids]
-    for name in ("queue", "fingerprint"):
-        if body.get(name) is not None and not isinstance(body[name], str):
-            raise Invalid(f"{name} must be a string")
-    max_entries = json_int_in_range(
-        body.get("max"), "max", 1, MAX_BULK, DEFAULT_BULK if ids is None else MAX_BULK
-    )
-    state = app_state(request)
-    result = await bulk_retry(
-        state.db.pool,
-        state.redis,
-        state.metrics,
-        _actor(request, principal),
-        ids=ids,
-        queue=body.get("queue"),
-        fingerprint=body.get("fingerprint"),
-        max_entries=max_entries,
-    )
-    return JSONResponse({"retried": result.retried, "job_ids": result.job_ids}, status_code=202)
+@dataclass(frozen=True, slots=True)
+class RetryAccepted:
+    job_id: str
 
 
-async def dlq_rejected(request: Request, principal: Principal) -> Response:
+@dataclass(frozen=True, slots=True)
+class BulkRetryAccepted:
+    retried: int
+    job_ids: list[str]
+
+
+class RejectedRecord(Struct, omit_defaults=True):
+    rejected_at: str | None = None
+    error: str | None = None
+    record: Any = None
+    record_truncated: Annotated[
+        bool,
+        Meta(description="args, kwargs and stack trace left out of this listing (over 64 KiB); in Redis"),
+    ] = False
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedList:
+    total: Annotated[int, Meta(ge=0)]
+    items: list[RejectedRecord]
+
+
+def _actor(call: Call[Any, Any]) -> Actor:
+    return Actor(name=call.principal.email, user_id=call.principal.user_id, ip=call.ip)
+
+
+@operation("GET", BASE, params=DlqQuery, body=NoBody, response=DlqPage, operation_id="listDlqEntries",
+           summary="List DLQ entries, newest first (keyset pagination)", response_description="a page",
+           errors=READ_ERRORS, **ADMIN)  # fmt: skip
+async def list_dlq(call: Call[DlqQuery, NoBody]) -> DlqPage:
+    query = call.params
+    filters = DlqFilter(queue=query.queue, resolved=query.resolved, fingerprint=query.fingerprint, q=query.q)
+    secret = cursor_secret(call.state.settings.mfa_encryption_key)
+    async with call.state.db.pool.acquire() as conn:
+        return await list_entries(conn, filters, limit=query.limit, cursor=query.cursor, secret=secret)
+
+
+@operation("GET", f"{BASE}/groups", params=GroupsQuery, body=NoBody, response=DlqGroupList,
+           operation_id="listDlqGroups", summary="Failures grouped by fingerprint (unresolved by default)",
+           response_description="groups", errors=READ_ERRORS, **ADMIN)  # fmt: skip
+async def dlq_groups(call: Call[GroupsQuery, NoBody]) -> DlqGroupList:
+    async with call.state.db.pool.acquire() as conn:
+        groups = await group_entries(conn, queue=call.params.queue, resolved=call.params.resolved)
+    return DlqGroupList(groups)
+
+
+@operation("GET", f"{BASE}/rejected", params=RejectedQuery, body=NoBody, response=RejectedList,
+           operation_id="listRejectedDlqRecords",
+           summary="DLQ records Postgres refused (kept in Redis for an operator), newest first",
+           response_description="the newest rejected records and how many there are", errors=READ_ERRORS,
+           **ADMIN)  # fmt: skip
+async def dlq_rejected(call: Call[RejectedQuery, NoBody]) -> RejectedList:
     """Records Postgres refused (``shared.dlq.rejects``), newest first, with the refusal."""
-    params = query_params(request, ("limit",))
-    limit = int_in_range(params.get("limit"), "limit", 1, MAX_LISTED, 20)
     try:
-        total, entries = await newest_rejected(app_state(request).redis, limit)
+        total, entries = await newest_rejected(call.state.redis, call.params.limit)
     except (OSError, TimeoutError, RedisError) as exc:
         raise DependencyUnavailable("redis", "the rejected-record list cannot be read") from exc
-    return JSONResponse({"total": total, "items": entries})
+    return RejectedList(total, msgspec.convert(entries, list[RejectedRecord]))
 
 
-ROUTES = [
-    Route(BASE, admin_endpoint(list_dlq), methods=["GET"]),
-    Route(f"{BASE}/groups", admin_endpoint(dlq_groups), methods=["GET"]),
-    Route(f"{BASE}/rejected", admin_endpoint(dlq_rejected), methods=["GET"]),
-    Route(f"{BASE}/retry", admin_endpoint(dlq_bulk_retry), methods=["POST"]),
-    Route(BASE + "/{entry_id}", admin_endpoint(dlq_detail), methods=["GET"]),
-    Route(BASE + "/{entry_id}/retry", admin_endpoint(dlq_retry), methods=["POST"]),
-    Route(BASE + "/{entry_id}/resolve", admin_endpoint(dlq_resolve), methods=["POST"]),
-]
-
-# -- OpenAPI ----------------------------------------------------------------------------------
-_TIME = {"type": ["string", "null"], "format": "date-time"}
-ENTRY_PROPERTIES: dict[str, Any] = {
-    "id": {"type": "string", "format": "uuid"},
-    "queue": {"type": "string", "enum": ["distribute_lead", "email_send", "report_export", "scheduler"]},
-    "job_id": {"type": "string"},
-    "function": {"type": "string"},
-    "error_type": {"type": "string"},
-    "error_message": {"type": "string"},
-    "fingerprint": {"type": "string"},
-    "attempts": {"type": "integer"},
-    "reason": {
-        "type": "string",
-        "enum": [
-            "exhausted",
-            "permanent",
-            "max_tries_exceeded",
-            "worker_lost",
-            "expired",
-            "function_not_found",
-        ],
-    },
-    "enqueued_at": _TIME,
-    "failed_at": {"type": "string", "format": "date-time"},
-    "correlation_id": {"type": ["string", "null"]},
-    "resolved": {"type": "boolean"},
-    "resolved_at": _TIME,
-    "resolved_by": {"type": ["string", "null"]},
-    "resolution": {"type": ["string", "null"], "enum": ["retried", "manual", None]},
-    "retry_job_id": {"type": ["string", "null"]},
-    "retry_of": {"type": ["string", "null"], "format": "uuid"},
-    "content_escaped": {
-        "type": "boolean",
-        "description": "text fields and payload strings are escaped: `\\` doubled, NUL and lone "
-        "surrogates as `\\uXXXX` (shared/dlq/content.py)",
-    },
-}
-ENTRY_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": list(ENTRY_PROPERTIES),
-    "properties": ENTRY_PROPERTIES,
-}
-DETAIL_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": [*ENTRY_PROPERTIES, "args", "kwargs", "stack_trace", "resolution_note", "payload_omitted"],
-    "properties": ENTRY_PROPERTIES
-    | {
-        "args": {"type": "array"},
-        "kwargs": {"type": "object"},
-        "stack_trace": {"type": "string"},
-        "resolution_note": {"type": ["string", "null"]},
-        "payload_omitted": {
-            "type": ["string", "null"],
-            "description": "why args/kwargs were not stored (too large, not JSON); not retryable then",
-        },
-    },
-}
-GROUP_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "fingerprint": {"type": "string"},
-        "queue": {"type": "string"},
-        "function": {"type": "string"},
-        "error_type": {"type": "string"},
-        "sample_message": {"type": "string"},
-        "count": {"type": "integer"},
-        "first_failed_at": {"type": "string", "format": "date-time"},
-        "last_failed_at": {"type": "string", "format": "date-time"},
-    },
-}
-_ID_PARAM = {
-    "name": "entry_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "format": "uuid"},
-}
-_QUEUE_PARAM = {
-    "name": "queue",
-    "in": "query",
-    "schema": {"type": "string", "enum": ["distribute_lead", "email_send", "report_export", "scheduler"]},
-}
-_RESOLVED_PARAM = {"name": "resolved", "in": "query", "schema": {"type": "boolean"}}
+@operation("POST", f"{BASE}/retry", params=NoParams, body=BulkRetryBody, response=BulkRetryAccepted,
+           status=202, operation_id="bulkRetryDlqEntries",
+           summary="Bulk redrive by ids or by queue + fingerprint; each entry exactly once",
+           response_description="re-enqueued", errors=(400, 401, 403, 413, 503), **ADMIN)  # fmt: skip
+async def dlq_bulk_retry(call: Call[NoParams, BulkRetryBody]) -> BulkRetryAccepted:
+    body = call.body
+    result = await bulk_retry(
+        call.state.db.pool,
+        call.state.redis,
+        call.state.metrics,
+        _actor(call),
+        ids=body.ids,
+        queue=body.queue,
+        fingerprint=body.fingerprint,
+        max_entries=body.max or (MAX_BULK if body.ids is not None else DEFAULT_BULK),
+    )
+    return BulkRetryAccepted(result.retried, result.job_ids)
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+@operation("GET", BASE + "/{entry_id}", params=EntryRef, body=NoBody, response=DlqEntryDetail,
+           operation_id="getDlqEntry", summary="One DLQ entry with payload and stack trace",
+           response_description="the entry", errors=(400, 401, 403, 404, 503), **ADMIN)  # fmt: skip
+async def dlq_detail(call: Call[EntryRef, NoBody]) -> DlqEntryDetail:
+    async with call.state.db.pool.acquire() as conn:
+        return await get_entry(conn, call.params.entry_id)
 
 
-def _op(operation_id: str, summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "operationId": operation_id,
-        "summary": summary,
-        "tags": ["dlq"],
-        "security": SECURITY,
-        "responses": responses,
-        **extra,
-    }
+@operation("POST", BASE + "/{entry_id}/retry", params=EntryRef, body=NoBody, response=RetryAccepted,
+           status=202, operation_id="retryDlqEntry",
+           summary="Re-enqueue the original call on its queue, exactly once",
+           response_description="re-enqueued", errors=(400, 401, 403, 404, 409, 413, 503),
+           **ADMIN)  # fmt: skip
+async def dlq_retry(call: Call[EntryRef, NoBody]) -> RetryAccepted:
+    state = call.state
+    job_id = await retry_entry(state.db.pool, state.redis, state.metrics, call.params.entry_id, _actor(call))
+    return RetryAccepted(job_id)
 
 
-OPENAPI_PATHS: dict[str, Any] = {
-    BASE: {
-        "get": _op(
-            "listDlqEntries",
-            "List DLQ entries, newest first (keyset pagination)",
-            {
-                "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["items", "next_cursor"],
-                        "properties": {
-                            "items": {"type": "array", "items": ENTRY_SCHEMA},
-                            "next_cursor": {"type": ["string", "null"]},
-                        },
-                    },
-                    "a page",
-                ),
-                **error_responses("400", "401", "403", "503"),
-            },
-            parameters=[
-                _QUEUE_PARAM,
-                _RESOLVED_PARAM,
-                {"name": "fingerprint", "in": "query", "schema": {"type": "string", "maxLength": 64}},
-                {"name": "q", "in": "query", "schema": {"type": "string", "maxLength": 200}},
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
-                {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-            ],
-        )
-    },
-    f"{BASE}/groups": {
-        "get": _op(
-            "listDlqGroups",
-            "Failures grouped by fingerprint (unresolved by default)",
-            {
-                "200": _json(
-                    {"type": "object", "properties": {"groups": {"type": "array", "items": GROUP_SCHEMA}}},
-                    "groups",
-                ),
-                **error_responses("400", "401", "403", "503"),
-            },
-            parameters=[_QUEUE_PARAM, _RESOLVED_PARAM],
-        )
-    },
-    f"{BASE}/retry": {
-        "post": _op(
-            "bulkRetryDlqEntries",
-            "Bulk redrive by ids or by queue + fingerprint; each entry exactly once",
-            {
-                "202": _json(
-                    {
-                        "type": "object",
-                        "required": ["retried", "job_ids"],
-                        "properties": {
-                            "retried": {"type": "integer"},
-                            "job_ids": {"type": "array", "items": {"type": "string"}},
-                        },
-                    },
-                    "re-enqueued",
-                ),
-                **error_responses("400", "401", "403", "413", "503"),
-            },
-            requestBody={
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {
-                                "ids": {"type": "array", "items": {"type": "string", "format": "uuid"}},
-                                "queue": {"type": "string"},
-                                "fingerprint": {"type": "string"},
-                                "max": {"type": "integer", "minimum": 1, "maximum": MAX_BULK},
-                            },
-                        }
-                    }
-                },
-            },
-        )
-    },
-    f"{BASE}/rejected": {
-        "get": _op(
-            "listRejectedDlqRecords",
-            "DLQ records Postgres refused (kept in Redis for an operator), newest first",
-            {
-                "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["total", "items"],
-                        "properties": {
-                            "total": {"type": "integer", "minimum": 0},
-                            "items": {
-                                "type": "array",
-                                "items": {
-                                    "type": "object",
-                                    "properties": {
-                                        "rejected_at": {"type": ["string", "null"]},
-                                        "error": {"type": "string"},
-                                        "record": {},
-                                        "record_truncated": {
-                                            "type": "boolean",
-                                            "description": "args, kwargs and stack trace left out "
-                                            "of this listing (over 64 KiB); the whole record stays in Redis",
-                                        },
-                                    },
-                                },
-                            },
-                        },
-                    },
-                    "the newest rejected records and how many there are",
-                ),
-                **error_responses("400", "401", "403", "503"),
-            },
-            parameters=[
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}}
-            ],
-        )
-    },
-    BASE + "/{entry_id}": {
-        "get": _op(
-            "getDlqEntry",
-            "One DLQ entry with payload and stack trace",
-            {"200": _json(DETAIL_SCHEMA, "the entry"), **error_responses("400", "401", "403", "404", "503")},
-            parameters=[_ID_PARAM],
-        )
-    },
-    BASE + "/{entry_id}/retry": {
-        "post": _op(
-            "retryDlqEntry",
-            "Re-enqueue the original call on its queue, exactly once",
-            {
-                "202": _json(
-                    {"type": "object", "required": ["job_id"], "properties": {"job_id": {"type": "string"}}},
-                    "re-enqueued",
-                ),
-                **error_responses("400", "401", "403", "404", "409", "413", "503"),
-            },
-            parameters=[_ID_PARAM],
-        )
-    },
-    BASE + "/{entry_id}/resolve": {
-        "post": _op(
-            "resolveDlqEntry",
-            "Mark resolved by hand, with an optional note",
-            {
-                "200": _json(DETAIL_SCHEMA, "the resolved entry"),
-                **error_responses("400", "401", "403", "404", "409", "413", "503"),
-            },
-            parameters=[_ID_PARAM],
-            requestBody={
-                "required": False,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {"note": {"type": "string", "maxLength": 2000}},
-                        }
-                    }
-                },
-            },
-        )
-    },
-}
+@operation("POST", BASE + "/{entry_id}/resolve", params=EntryRef, body=ResolveBody, response=DlqEntryDetail,
+           body_required=False, operation_id="resolveDlqEntry",
+           summary="Mark resolved by hand, with an optional note", response_description="the resolved entry",
+           errors=(400, 401, 403, 404, 409, 413, 503), **ADMIN)  # fmt: skip
+async def dlq_resolve(call: Call[EntryRef, ResolveBody]) -> DlqEntryDetail:
+    return await resolve_entry(call.state.db.pool, call.params.entry_id, _actor(call), call.body.note)
+
+
+# Starlette matches in this order: the fixed paths before ``{entry_id}``.
+OPERATIONS = [list_dlq, dlq_groups, dlq_rejected, dlq_bulk_retry, dlq_detail, dlq_retry, dlq_resolve]

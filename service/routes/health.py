@@ -2,73 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
+import msgspec
+from starlette.responses import Response
 
-import orjson
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from service.contract import Call, NoBody, NoParams, operation
+from service.readiness import HealthReport, readiness
 
-from service.readiness import readiness
-from service.state import app_state
-
-
-async def live(request: Request) -> Response:
-    return JSONResponse({"status": "pass"})
+HEALTH_JSON = "application/health+json"
+_ALIVE = HealthReport(status="pass")
 
 
-async def ready(request: Request) -> Response:
-    status, body = await readiness(app_state(request))
+@operation("GET", "/health/live", params=NoParams, body=NoBody, response=HealthReport,
+           operation_id="liveness", summary="Liveness: the event loop answers (no I/O)",
+           response_description="alive", tags=("probes",), auth="public")  # fmt: skip
+async def live(call: Call[NoParams, NoBody]) -> HealthReport:
+    return _ALIVE
+
+
+@operation("GET", "/health/ready", params=NoParams, body=NoBody, response=HealthReport,
+           operation_id="readiness",
+           summary="Readiness: Postgres, Redis and worker heartbeats (IETF health+json)",
+           response_description="pass or warn", other_responses={503: "fail or draining"},
+           media_type=HEALTH_JSON, tags=("probes",), auth="public")  # fmt: skip
+async def ready(call: Call[NoParams, NoBody]) -> Response:
+    status, report = await readiness(call.state)
     return Response(
-        orjson.dumps(body),
+        msgspec.json.encode(report),
         status_code=status,
-        media_type="application/health+json",
+        media_type=HEALTH_JSON,
         headers={"Cache-Control": "no-store"},
     )
 
 
-ROUTES = [
-    Route("/health/live", live, methods=["GET"]),
-    Route("/health/ready", ready, methods=["GET"]),
-]
-
-_HEALTH_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["status"],
-    "properties": {
-        "status": {"type": "string", "enum": ["pass", "warn", "fail"]},
-        "releaseId": {"type": "string"},
-        "output": {"type": "string"},
-        "checks": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "object"}}},
-    },
-}
-
-OPENAPI_PATHS: dict[str, Any] = {
-    "/health/live": {
-        "get": {
-            "operationId": "liveness",
-            "summary": "Liveness: the event loop answers (no I/O)",
-            "tags": ["probes"],
-            "responses": {
-                "200": {"description": "alive", "content": {"application/json": {"schema": _HEALTH_SCHEMA}}}
-            },
-        }
-    },
-    "/health/ready": {
-        "get": {
-            "operationId": "readiness",
-            "summary": "Readiness: Postgres, Redis and worker heartbeats (IETF health+json)",
-            "tags": ["probes"],
-            "responses": {
-                "200": {
-                    "description": "pass or warn",
-                    "content": {"application/health+json": {"schema": _HEALTH_SCHEMA}},
-                },
-                "503": {
-                    "description": "fail or draining",
-                    "content": {"application/health+json": {"schema": _HEALTH_SCHEMA}},
-                },
-            },
-        }
-    },
-}
+OPERATIONS = [live, ready]

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
 
-from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from service.state import AppState, app_state
+from service.contract import Call, NoBody, NoParams, operation
+from service.state import AppState
 from shared.dlq.rejects import rejected_count
 from shared.dlq.spool import spool_size
 from shared.infra.db import record_pool_gauges
@@ -43,24 +41,14 @@ async def refresh_scrape_gauges(state: AppState) -> None:
         log_event("WARNING", "scrape_gauges_stale", error_type=type(exc).__name__)
 
 
-async def metrics_endpoint(request: Request) -> Response:
-    state = app_state(request)
+@operation("GET", "/metrics", params=NoParams, body=NoBody, response=str, media_type="text/plain",
+           operation_id="metrics", summary="Prometheus metrics (text exposition format 0.0.4)",
+           response_description="metrics", tags=("probes",), auth="public")  # fmt: skip
+async def metrics_endpoint(call: Call[NoParams, NoBody]) -> Response:
+    state = call.state
     await refresh_scrape_gauges(state)
     body, content_type = state.metrics.render()
     return Response(body, media_type=content_type)
 
 
-ROUTES = [Route("/metrics", metrics_endpoint, methods=["GET"])]
-
-OPENAPI_PATHS: dict[str, Any] = {
-    "/metrics": {
-        "get": {
-            "operationId": "metrics",
-            "summary": "Prometheus metrics (text exposition format 0.0.4)",
-            "tags": ["probes"],
-            "responses": {
-                "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}
-            },
-        }
-    }
-}
+OPERATIONS = [metrics_endpoint]

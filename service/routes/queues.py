@@ -2,74 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-
-from service.guard import Principal, admin_endpoint
-from service.openapi_schemas import SECURITY, error_responses
-from service.state import app_state
-from service.validation import query_params
-from shared.infra.jsonable import dataclass_to_dict
-from shared.jobs.stats import collect_queue_stats, export_queue_gauges
+from service.contract import Call, NoBody, NoParams, operation
+from shared.jobs.stats import QueueStats, collect_queue_stats, export_queue_gauges
 
 
-async def list_queues(request: Request, principal: Principal) -> Response:
-    query_params(request, ())
-    state = app_state(request)
+@dataclass(frozen=True, slots=True)
+class QueueList:
+    queues: list[QueueStats]
+
+
+@operation("GET", "/api/v1/admin/queues", params=NoParams, body=NoBody, response=QueueList,
+           operation_id="listQueues", summary="Queue depth, activity and failures for the three job queues",
+           response_description="one item per queue", tags=("admin",), auth="admin",
+           errors=(400, 401, 403, 503))  # fmt: skip
+async def list_queues(call: Call[NoParams, NoBody]) -> QueueList:
+    state = call.state
     stats = await collect_queue_stats(state.db, state.redis)
     export_queue_gauges(stats, state.metrics)
-    return JSONResponse({"queues": [dataclass_to_dict(item) for item in stats]})
+    return QueueList(stats)
 
 
-ROUTES = [Route("/api/v1/admin/queues", admin_endpoint(list_queues), methods=["GET"])]
-
-QUEUE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": [
-        "name",
-        "depth",
-        "active",
-        "deferred",
-        "oldest_job_age_seconds",
-        "failed_last_hour",
-        "dlq_size",
-    ],
-    "properties": {
-        "name": {"type": "string", "enum": ["distribute_lead", "email_send", "report_export"]},
-        "depth": {"type": "integer", "minimum": 0},
-        "active": {"type": "integer", "minimum": 0},
-        "deferred": {"type": "integer", "minimum": 0},
-        "oldest_job_age_seconds": {"type": "number", "minimum": 0},
-        "failed_last_hour": {"type": "integer", "minimum": 0},
-        "dlq_size": {"type": "integer", "minimum": 0},
-    },
-}
-
-OPENAPI_PATHS: dict[str, Any] = {
-    "/api/v1/admin/queues": {
-        "get": {
-            "operationId": "listQueues",
-            "summary": "Queue depth, activity and failures for the three job queues",
-            "tags": ["admin"],
-            "security": SECURITY,
-            "responses": {
-                "200": {
-                    "description": "one item per queue",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["queues"],
-                                "properties": {"queues": {"type": "array", "items": QUEUE_SCHEMA}},
-                            }
-                        }
-                    },
-                },
-                **error_responses("400", "401", "403", "503"),
-            },
-        }
-    }
-}
+OPERATIONS = [list_queues]

@@ -21,15 +21,21 @@ What an attacker cannot learn:
   ``users.totp_last_used_step`` with a conditional UPDATE, so a replay, or a second concurrent
   login with the same code, fails.
 
-Shape: (1) a cheap check of the IP and lock state; (2) scrypt in a thread, holding no database
-connection; (3) one transaction, serialised per email by an advisory lock, that re-checks the
-lock, claims the TOTP step, and records the attempt, the session and the audit row. Because the
-lock is re-checked in (3), concurrent guesses get no more than five answers per window.
+Shape: (0) admission to this process's hashing queue (``shared.auth.kdf_queue``: bounded, one
+place per address; full → 429 at once, nothing recorded); (1) one short transaction,
+serialised per client IP by an advisory lock, that checks the IP and lock state and *reserves* the
+attempt (a ``pending`` failure row) before any hashing, so a burst from one address cannot get
+more than its 20 attempts through to scrypt however many arrive at once; (2) scrypt in a thread,
+holding no database connection; (3) one transaction, serialised per email by an advisory lock,
+that re-checks the lock, claims the TOTP step, and resolves the reservation (success or failure)
+with the session and the audit row. Because the lock is re-checked in (3), concurrent guesses get
+no more than five answers per window. Only resolved failures count towards an account's lock (a
+correct login racing wrong ones does not lock the account by itself); pending ones count towards
+the IP limit. An attempt refused in (3) because the account locked meanwhile is not recorded.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -37,6 +43,7 @@ from datetime import datetime
 from typing import Any
 
 from shared import audit
+from shared.auth.kdf_queue import HashingQueueFull, KdfQueue
 from shared.auth.passwords import hash_password, needs_rehash, verify_dummy, verify_password
 from shared.auth.sessions import IssuedSession, create_session, revoke_session
 from shared.auth.totp import decrypt_secret, matched_step, mfa_cipher
@@ -121,10 +128,10 @@ async def _check_ip(conn: Conn, ip: str | None, policy: LoginPolicy) -> None:
 UNKNOWN_EMAIL_LOCKED_UNTIL = """
 SELECT max(f.attempted_at) + make_interval(secs => $3) AS locked_until
 FROM login_attempts f
-WHERE f.email = $1 AND f.user_id IS NULL AND NOT f.succeeded
+WHERE f.email = $1 AND f.user_id IS NULL AND NOT f.succeeded AND NOT f.pending
   AND f.attempted_at > now() - make_interval(secs => $3)
   AND (SELECT count(*) FROM login_attempts w
-       WHERE w.email = $1 AND w.user_id IS NULL AND NOT w.succeeded
+       WHERE w.email = $1 AND w.user_id IS NULL AND NOT w.succeeded AND NOT w.pending
          AND w.attempted_at > f.attempted_at - make_interval(secs => $4)
          AND w.attempted_at <= f.attempted_at) >= $2
 """
@@ -152,21 +159,45 @@ async def _check_lock(conn: Conn, email: str, user: User | None, policy: LoginPo
         )
 
 
-async def _throttled_user(conn: Conn, email: str, ip: str | None, policy: LoginPolicy) -> User | None:
-    """The user (or None), after refusing a rate-limited IP or a locked account."""
-    await _check_ip(conn, ip, policy)
-    user = await get_user_by_email(conn, email)
-    await _check_lock(conn, email, user, policy)
-    return user
+SERIALIZE_IP = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 
-
-INSERT_ATTEMPT = """
-INSERT INTO login_attempts (email, user_id, ip, succeeded) VALUES ($1, $2, $3, $4)
+RESERVE_ATTEMPT = """
+INSERT INTO login_attempts (email, user_id, ip, succeeded, pending) VALUES ($1, $2, $3, false, true)
+RETURNING id
 """
+
+
+@dataclass(frozen=True, slots=True)
+class _Reservation:
+    attempt_id: int
+    user: User | None
+
+
+async def _reserve(conn: Conn, email: str, ip: str | None, policy: LoginPolicy) -> _Reservation:
+    """Phase 1: refuse a rate-limited IP or a locked account, else record the attempt as pending.
+
+    Serialised per IP, so concurrent attempts from one address are counted one after another.
+    """
+    async with conn.transaction():
+        if ip is not None:
+            await fetchval(conn, "login_serialize_ip", SERIALIZE_IP, "fmhl_login_ip:" + ip)
+        await _check_ip(conn, ip, policy)
+        user = await get_user_by_email(conn, email)
+        await _check_lock(conn, email, user, policy)
+        user_id = user.id if user is not None else None
+        attempt_id = await fetchval(conn, "login_attempt_reserve", RESERVE_ATTEMPT, email, user_id, ip)
+    return _Reservation(int(attempt_id), user)
+
+
+RESOLVE_ATTEMPT = """
+UPDATE login_attempts SET pending = false, succeeded = $2, user_id = $3 WHERE id = $1
+"""
+
+DROP_ATTEMPT = "DELETE FROM login_attempts WHERE id = $1"
 
 ACCOUNT_FAILURES = """
 SELECT count(*) FROM login_attempts
-WHERE user_id = $1 AND NOT succeeded AND attempted_at > now() - make_interval(secs => $2)
+WHERE user_id = $1 AND NOT succeeded AND NOT pending AND attempted_at > now() - make_interval(secs => $2)
 """
 
 SERIALIZE_EMAIL = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
@@ -182,11 +213,11 @@ class _Verified:
     rehashed: str | None = None  # a new hash at today's cost, when the stored one is older
 
 
-async def _verify(settings: Settings, user: User | None, attempt: LoginAttempt) -> _Verified:
+async def _verify(settings: Settings, kdf: KdfQueue, user: User | None, attempt: LoginAttempt) -> _Verified:
     if user is None:
-        await asyncio.to_thread(verify_dummy, attempt.password)
+        await kdf.run(verify_dummy, attempt.password)
         return _Verified(None, None, "unknown_email")
-    if not await asyncio.to_thread(verify_password, attempt.password, user.password_hash):
+    if not await kdf.run(verify_password, attempt.password, user.password_hash):
         return _Verified(user.id, None, "bad_password")
     secret = decrypt_secret(mfa_cipher(settings), user.totp_secret_encrypted)
     step = matched_step(secret, attempt.totp_code.replace(" ", ""))
@@ -194,27 +225,40 @@ async def _verify(settings: Settings, user: User | None, attempt: LoginAttempt) 
         return _Verified(user.id, None, "bad_code")
     # Transparent upgrade: the only moment the plain password is at hand, and only once both
     # factors passed (a wrong code costs no second derivation).
-    rehashed = (
-        await asyncio.to_thread(hash_password, attempt.password) if needs_rehash(user.password_hash) else None
-    )
+    rehashed = await kdf.run(hash_password, attempt.password) if needs_rehash(user.password_hash) else None
     return _Verified(user.id, step, None, rehashed)
 
 
 async def login(
-    pool: Any, settings: Settings, attempt: LoginAttempt, *, policy: LoginPolicy = DEFAULT_POLICY
+    pool: Any,
+    settings: Settings,
+    attempt: LoginAttempt,
+    *,
+    kdf: KdfQueue,
+    policy: LoginPolicy = DEFAULT_POLICY,
 ) -> LoginSuccess:
-    """Authenticate and open a session.
+    """Authenticate and open a session; ``kdf`` is the process's hashing queue.
 
-    Raises ``InvalidCredentials`` (401), ``LoginThrottled`` (429, ``locked``/``rate_limited``),
-    ``ConfigError`` when ``MFA_ENCRYPTION_KEY`` is missing or invalid (before any other work).
+    Raises ``InvalidCredentials`` (401), ``LoginThrottled`` (429: ``locked``, ``rate_limited``, or
+    ``busy`` when the hashing queue is full), ``ConfigError`` when ``MFA_ENCRYPTION_KEY`` is missing
+    or invalid (before any other work).
     """
     mfa_cipher(settings)
     email = attempt.email.strip().lower()
+    try:
+        admission = kdf.admit(attempt.ip)
+    except HashingQueueFull as exc:
+        log_event("WARNING", "login_busy", ip=attempt.ip, code=exc.code, admitted=kdf.admitted)
+        retry_after = exc.retry_after_seconds
+        raise LoginThrottled(exc.message, code=exc.code, retry_after_seconds=retry_after) from None
+    with admission:
+        async with pool.acquire() as conn:
+            reservation = await _reserve(conn, email, attempt.ip, policy)
+        verified = await _verify(settings, kdf, reservation.user, attempt)
     async with pool.acquire() as conn:
-        user = await _throttled_user(conn, email, attempt.ip, policy)
-    verified = await _verify(settings, user, attempt)
-    async with pool.acquire() as conn:
-        outcome = await _record(conn, settings, email, attempt, verified, policy)
+        outcome = await _record(conn, settings, email, attempt, reservation.attempt_id, verified, policy)
+    if isinstance(outcome, LoginThrottled):
+        raise outcome
     if isinstance(outcome, LoginSuccess):
         log_event(
             "INFO",
@@ -234,20 +278,28 @@ async def _record(
     settings: Settings,
     email: str,
     attempt: LoginAttempt,
+    attempt_id: int,
     verified: _Verified,
     policy: LoginPolicy,
-) -> LoginSuccess | str:
-    """Phase 3, one transaction: the session or the failure (its reason), with audit rows."""
+) -> LoginSuccess | str | LoginThrottled:
+    """Phase 3, one transaction: the session or the failure (its reason), with audit rows; or the
+    lock a concurrent failure set meanwhile (returned, not raised, so dropping the reservation
+    commits: an attempt refused as locked is not recorded)."""
     async with conn.transaction():
         await fetchval(conn, "login_serialize_email", SERIALIZE_EMAIL, "fmhl_login:" + email)
-        # Re-checked under the lock: a concurrent failure may have locked the account meanwhile.
-        user = await _throttled_user(conn, email, attempt.ip, policy)
+        user = await get_user_by_email(conn, email)
+        try:
+            # Re-checked under the lock: a concurrent failure may have locked the account meanwhile.
+            await _check_lock(conn, email, user, policy)
+        except LoginThrottled as throttled:
+            await execute(conn, "login_attempt_drop", DROP_ATTEMPT, attempt_id)
+            return throttled
         reason = await _refusal(conn, user, verified)
         if user is not None and reason is None:
             if verified.rehashed is not None:
                 await _store_rehash(conn, user, verified.rehashed)
-            return await _succeed(conn, settings, user, attempt)
-        await _fail(conn, email, user, attempt, reason or "unknown", policy)
+            return await _succeed(conn, settings, user, attempt, attempt_id)
+        await _fail(conn, email, user, attempt, attempt_id, reason or "unknown", policy)
         return reason or "unknown"
 
 
@@ -270,7 +322,9 @@ async def _store_rehash(conn: Conn, user: User, new_hash: str) -> None:
         log_event("INFO", "password_rehashed", user_id=str(user.id), old_parameters=old_parameters)
 
 
-async def _succeed(conn: Conn, settings: Settings, user: User, attempt: LoginAttempt) -> LoginSuccess:
+async def _succeed(
+    conn: Conn, settings: Settings, user: User, attempt: LoginAttempt, attempt_id: int
+) -> LoginSuccess:
     session = await create_session(
         conn,
         user_id=user.id,
@@ -278,7 +332,7 @@ async def _succeed(conn: Conn, settings: Settings, user: User, attempt: LoginAtt
         ip=attempt.ip,
         user_agent=attempt.user_agent,
     )
-    await execute(conn, "login_attempt_insert", INSERT_ATTEMPT, user.email, user.id, attempt.ip, True)
+    await execute(conn, "login_attempt_resolve", RESOLVE_ATTEMPT, attempt_id, True, user.id)
     await audit.record(
         conn,
         actor=user.email,
@@ -293,10 +347,16 @@ async def _succeed(conn: Conn, settings: Settings, user: User, attempt: LoginAtt
 
 
 async def _fail(
-    conn: Conn, email: str, user: User | None, attempt: LoginAttempt, reason: str, policy: LoginPolicy
+    conn: Conn,
+    email: str,
+    user: User | None,
+    attempt: LoginAttempt,
+    attempt_id: int,
+    reason: str,
+    policy: LoginPolicy,
 ) -> None:
     user_id = user.id if user is not None else None
-    await execute(conn, "login_attempt_insert", INSERT_ATTEMPT, email, user_id, attempt.ip, False)
+    await execute(conn, "login_attempt_resolve", RESOLVE_ATTEMPT, attempt_id, False, user_id)
     metadata: dict[str, Any] = {"email": email, "reason": reason}
     if user is not None:
         failures = await fetchval(

@@ -20,13 +20,13 @@ import asyncpg
 
 from shared import audit
 from shared.auth.passwords import check_password_policy, hash_password
+from shared.auth.roles import ROLES
 from shared.auth.sessions import revoke_user_sessions
 from shared.auth.totp import encrypt_secret, mfa_cipher, new_secret, provisioning_uri
 from shared.infra.config import Settings
 from shared.infra.db import Conn, execute, fetchrow
 from shared.infra.errors import Conflict, Invalid, NotFound
 
-ROLES = ("admin", "support")
 MAX_EMAIL_LENGTH = 320
 DEMO_ADMIN_EMAIL = "admin@fmhl.local"
 _EMAIL_SHAPE = re.compile(r"^[^@\s]+@[^@\s]+$")

@@ -14,15 +14,17 @@ import hmac
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Self
 
 import orjson
+from msgspec import Meta
 
+from shared.dlq.reasons import DlqReason, Resolution
 from shared.infra.db import Conn, fetch, fetchrow
 from shared.infra.errors import Invalid, NotFound
 from shared.infra.ids import parse_uuid
-from shared.infra.timefmt import iso_utc_or_none
-from shared.jobs.queues import ALL_QUEUES
+from shared.infra.timefmt import UtcDatetime
+from shared.jobs.queues import ALL_QUEUES, QueueName
 
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 20
@@ -36,91 +38,67 @@ LIST_COLUMNS = """
 
 @dataclass(frozen=True, slots=True)
 class DlqEntry:
+    """A DLQ entry as listed: everything but the payload, the stack trace and the resolution note."""
+
     id: uuid.UUID
-    queue: str
+    queue: QueueName
     job_id: str
     function: str
     error_type: str
     error_message: str
     fingerprint: str
     attempts: int
-    reason: str
-    enqueued_at: datetime | None
-    failed_at: datetime
+    reason: DlqReason
+    enqueued_at: UtcDatetime | None
+    failed_at: UtcDatetime
     correlation_id: str | None
-    resolved_at: datetime | None
+    resolved: bool
+    resolved_at: UtcDatetime | None
     resolved_by: str | None
-    resolution: str | None
+    resolution: Resolution | None
     retry_job_id: str | None
     retry_of: uuid.UUID | None
-    content_escaped: bool = False
-    args: list[Any] | None = None
-    kwargs: dict[str, Any] | None = None
-    stack_trace: str | None = None
-    resolution_note: str | None = None
-    payload_omitted: str | None = None
+    content_escaped: Annotated[
+        bool,
+        Meta(
+            description="text fields and payload strings are escaped: `\\` doubled, NUL and lone "
+            "surrogates as `\\uXXXX` (shared/dlq/content.py)"
+        ),
+    ]
 
     @classmethod
-    def from_row(cls, row: Any) -> DlqEntry:
+    def from_row(cls, row: Any) -> Self:
+        """From a row of ``LIST_COLUMNS`` (``DlqEntryDetail``: of ``GET_ENTRY``)."""
         data = dict(row)
         data["queue"] = data.pop("queue_name")
+        data["resolved"] = data["resolved_at"] is not None
         return cls(**data)
 
-    def to_json(self, *, detail: bool = False) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "id": str(self.id),
-            "queue": self.queue,
-            "job_id": self.job_id,
-            "function": self.function,
-            "error_type": self.error_type,
-            "error_message": self.error_message,
-            "fingerprint": self.fingerprint,
-            "attempts": self.attempts,
-            "reason": self.reason,
-            "enqueued_at": iso_utc_or_none(self.enqueued_at),
-            "failed_at": iso_utc_or_none(self.failed_at),
-            "correlation_id": self.correlation_id,
-            "resolved": self.resolved_at is not None,
-            "resolved_at": iso_utc_or_none(self.resolved_at),
-            "resolved_by": self.resolved_by,
-            "resolution": self.resolution,
-            "retry_job_id": self.retry_job_id,
-            "retry_of": str(self.retry_of) if self.retry_of else None,
-            "content_escaped": self.content_escaped,
-        }
-        if detail:
-            body |= {
-                "args": self.args,
-                "kwargs": self.kwargs,
-                "stack_trace": self.stack_trace,
-                "resolution_note": self.resolution_note,
-                "payload_omitted": self.payload_omitted,
-            }
-        return body
+
+@dataclass(frozen=True, slots=True)
+class DlqEntryDetail(DlqEntry):
+    """One entry in full: the payload to replay, the stack trace, the resolution note."""
+
+    args: list[Any] | None
+    kwargs: dict[str, Any] | None
+    stack_trace: str
+    resolution_note: str | None
+    payload_omitted: Annotated[
+        str | None,
+        Meta(description="why args/kwargs were not stored (too large, not JSON); not retryable then"),
+    ]
 
 
 @dataclass(frozen=True, slots=True)
 class DlqGroup:
     fingerprint: str
-    queue: str
+    queue: QueueName
     function: str
     error_type: str
     sample_message: str
     count: int
-    first_failed_at: datetime
-    last_failed_at: datetime
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "fingerprint": self.fingerprint,
-            "queue": self.queue,
-            "function": self.function,
-            "error_type": self.error_type,
-            "sample_message": self.sample_message,
-            "count": self.count,
-            "first_failed_at": iso_utc_or_none(self.first_failed_at),
-            "last_failed_at": iso_utc_or_none(self.last_failed_at),
-        }
+    first_failed_at: UtcDatetime
+    last_failed_at: UtcDatetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +118,9 @@ class DlqFilter:
 
 
 @dataclass(frozen=True, slots=True)
-class Page:
+class DlqPage:
+    """A keyset page, newest first; ``next_cursor`` is ``None`` on the last page."""
+
     items: list[DlqEntry]
     next_cursor: str | None
 
@@ -189,7 +169,7 @@ LIMIT $7
 
 async def list_entries(
     conn: Conn, filters: DlqFilter, *, limit: int = DEFAULT_LIMIT, cursor: str | None, secret: bytes
-) -> Page:
+) -> DlqPage:
     if not 1 <= limit <= MAX_LIMIT:
         raise Invalid(f"limit must be between 1 and {MAX_LIMIT}")
     after_time, after_id = decode_cursor(cursor, secret) if cursor else (None, None)
@@ -207,7 +187,7 @@ async def list_entries(
     )
     items = [DlqEntry.from_row(row) for row in rows[:limit]]
     next_cursor = encode_cursor(items[-1].failed_at, items[-1].id, secret) if len(rows) > limit else None
-    return Page(items, next_cursor)
+    return DlqPage(items, next_cursor)
 
 
 # Served from the dlq_groups counters (sql/002): O(groups), flat however large the DLQ grows.
@@ -257,11 +237,11 @@ FROM dead_letter_queue WHERE id = $1
 """
 
 
-async def get_entry(conn: Conn, entry_id: uuid.UUID) -> DlqEntry:
+async def get_entry(conn: Conn, entry_id: uuid.UUID) -> DlqEntryDetail:
     row = await fetchrow(conn, "dlq_get", GET_ENTRY, entry_id)
     if row is None:
         raise NotFound(f"no DLQ entry {entry_id}")
-    return DlqEntry.from_row(row)
+    return DlqEntryDetail.from_row(row)
 
 
 # The retry chain through one entry: the entries it was retried from (``retry_of``, walking up)

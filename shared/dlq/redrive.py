@@ -19,7 +19,7 @@ import orjson
 from arq.connections import ArqRedis
 
 from shared import audit
-from shared.dlq.browse import DlqEntry, get_entry
+from shared.dlq.browse import DlqEntryDetail, get_entry
 from shared.dlq.content import map_strings, unescape_text
 from shared.infra.db import Conn, execute, fetch, fetchrow
 from shared.infra.errors import Conflict, DependencyUnavailable, Invalid, NotFound
@@ -131,7 +131,7 @@ RETURNING id
 EXISTS = "SELECT 1 FROM dead_letter_queue WHERE id = $1"
 
 
-async def resolve_entry(pool: Any, entry_id: uuid.UUID, actor: Actor, note: str | None) -> DlqEntry:
+async def resolve_entry(pool: Any, entry_id: uuid.UUID, actor: Actor, note: str | None) -> DlqEntryDetail:
     if note is not None and len(note) > 2000:
         raise Invalid("note must be at most 2000 characters")
     async with pool.acquire() as conn, conn.transaction():

@@ -45,6 +45,11 @@ class Settings:
     metrics_port: int | None = None
     db_pool_min_size: int = 1
     db_pool_max_size: int = 10
+    # asyncpg's prepared-statement cache per connection; None = auto: 100 (asyncpg's default) on a
+    # direct connection, 0 behind a pooler such as PgBouncer in transaction mode (shared/infra/db.py).
+    db_statement_cache_size: int | None = None
+    # A direct (not pooled) URL for `fmhl-ops migrate`; DATABASE_URL when unset (README, PgBouncer).
+    database_direct_url: str | None = None
     db_command_timeout_seconds: float = 30.0
     email_backend: str = "log"
     smtp_host: str = "127.0.0.1"
@@ -63,6 +68,9 @@ class Settings:
     # The console's session cookie drops ``Secure`` only when this is set AND a request arrives over
     # plain HTTP on a loopback host (``fmhl-ops dev`` sets it; see service/console/security.py).
     console_insecure_cookies: bool = False
+    # A console session unused this long is revoked (sign in again); SESSION_TTL_SECONDS stays
+    # the absolute limit. The overview's 5 s auto-refresh does not count as use.
+    console_idle_timeout_seconds: int = 1800
 
     def max_jobs_for(self, queue: str) -> int:
         return int(self.worker_queues.get(queue, {}).get("max_jobs", self.worker_max_jobs))
@@ -75,6 +83,10 @@ class Settings:
         if not self.database_url:
             raise ConfigError("DATABASE_URL is required (postgresql://user:pass@host:5432/db)")
         return self.database_url
+
+    def migration_database_url(self) -> str:
+        """``DATABASE_DIRECT_URL`` if set, else ``DATABASE_URL`` (migrations work through either)."""
+        return self.database_direct_url or self.require_database_url()
 
     def require_redis_url(self) -> str:
         if not self.redis_url:
@@ -95,6 +107,13 @@ def _parse(env: Mapping[str, str], name: str, parse: Callable[[str], T], expects
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
         raise ValueError(raw)
     return value
 
@@ -273,6 +292,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_port=_parse(e, "METRICS_PORT", _port, "a TCP port 1-65535", None),
         db_pool_min_size=_parse(e, "DB_POOL_MIN_SIZE", _positive_int, "a positive integer", 1),
         db_pool_max_size=_parse(e, "DB_POOL_MAX_SIZE", _positive_int, "a positive integer", 10),
+        db_statement_cache_size=_parse(
+            e, "DB_STATEMENT_CACHE_SIZE", _non_negative_int, "a non-negative integer (0 disables it)", None
+        ),
+        database_direct_url=_parse(
+            e, "DATABASE_DIRECT_URL", _url(*pg), "a postgresql:// URL with a host", None
+        ),
         db_command_timeout_seconds=_parse(
             e, "DB_COMMAND_TIMEOUT_SECONDS", _positive_float, "a positive number of seconds", 30.0
         ),
@@ -302,6 +327,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         console_insecure_cookies=_parse(
             e, "CONSOLE_INSECURE_COOKIES", _flag, "1 or 0 (true/false, yes/no)", False
+        ),
+        console_idle_timeout_seconds=_parse(
+            e, "CONSOLE_IDLE_TIMEOUT_SECONDS", _positive_int, "a positive integer of seconds", 1800
         ),
         cron_schedules=_parse(
             e, "CRON_SCHEDULES", _cron_schedules, 'JSON like {"cleanup_dlq": {"hour": 1, "minute": 0}}', {}

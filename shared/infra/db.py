@@ -7,6 +7,19 @@ stable name. Connections from our pool carry a ``QueryObserver`` that records
 ``Database`` connects in the background with capped exponential backoff, so a service whose
 Postgres is down or hangs still starts and answers ``/health/live``; until the pool exists,
 ``Database.pool`` raises ``DependencyUnavailable``.
+
+Behind a pooler (PgBouncer in ``pool_mode = transaction``), consecutive statements of one client
+may run on different server connections, so nothing may rely on session state: no session
+advisory locks, ``SET``, ``LISTEN`` or temp tables outside a transaction (we use none: locks are
+``pg_advisory_xact_lock``), and no named prepared statements, which asyncpg's statement cache
+creates. PgBouncer 1.18 (Debian 12) cannot track them (``max_prepared_statements`` came in 1.21),
+so ``DB_STATEMENT_CACHE_SIZE`` defaults to "auto": the pool's first connection compares the
+backend pid the server reported at connect with ``pg_backend_pid()`` (a pooler hands out its
+own), and the pool uses no cache behind a pooler and asyncpg's default cache of 100 otherwise,
+since the cache saves a round trip per query on a direct connection (README, "PgBouncer").
+
+Every acquire from our pool is timed into ``fmhl_db_pool_wait_seconds``: a process that waits for
+connections has a pool too small for its concurrency (the connection budget, README).
 """
 
 from __future__ import annotations
@@ -14,10 +27,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import asyncpg.pool
 import orjson
 
 from shared.infra.config import Settings
@@ -85,6 +100,78 @@ async def init_connection(conn: Conn) -> None:
         )
 
 
+class TimedPool(asyncpg.pool.Pool):  # type: ignore[misc]
+    """asyncpg pool that reports how long each acquire waited for a connection.
+
+    ``Pool.acquire()``, and ``pool.fetch``/``execute``/... through it, all go through ``_acquire``;
+    a timed-out acquire is reported too (it waited the longest).
+    """
+
+    wait_observer: Callable[[float], None] | None = None
+    statement_cache: StatementCacheConnector | None = None
+
+    async def _acquire(self, timeout: float | None) -> Any:
+        started = time.perf_counter()
+        try:
+            return await super()._acquire(timeout)
+        finally:
+            if self.wait_observer is not None:
+                self.wait_observer(time.perf_counter() - started)
+
+
+ASYNCPG_STATEMENT_CACHE_SIZE = 100  # asyncpg's own default
+
+
+async def behind_pooler(conn: Conn) -> bool:
+    """True when a pooler stands between us and Postgres: the backend pid of the connect
+    handshake (``BackendKeyData``) is not the pid of the backend that runs our query. PgBouncer
+    (like pgcat, Odyssey, RDS Proxy) sends keys of its own. A simple-protocol query, so it
+    prepares no statement, and the row count answers (the pid is an int we format ourselves)."""
+    status: str = await conn.execute(f"SELECT 1 WHERE pg_backend_pid() = {int(conn.get_server_pid())}")
+    return status != "SELECT 1"
+
+
+class StatementCacheConnector:
+    """The pool's ``connect`` callback: every connection gets ``statement_cache_size``, decided
+    once. Unset (``DB_STATEMENT_CACHE_SIZE`` auto), the pool's first connection is opened with
+    asyncpg's cache and asked ``behind_pooler``; behind a pooler it is swapped for one without a
+    cache (a pooler's client slot, not a Postgres connection: nothing beyond the budget is ever
+    opened against Postgres itself)."""
+
+    def __init__(self, configured: int | None, application_name: str) -> None:
+        self.size = configured
+        self._application_name = application_name
+        self._deciding = asyncio.Lock()
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.size is None:
+            async with self._deciding:
+                if self.size is None:
+                    return await self._decide(*args, **kwargs)
+        return await asyncpg.connect(*args, statement_cache_size=self.size, **kwargs)
+
+    async def _decide(self, *args: Any, **kwargs: Any) -> Any:
+        conn = await asyncpg.connect(*args, statement_cache_size=ASYNCPG_STATEMENT_CACHE_SIZE, **kwargs)
+        try:
+            pooled = await behind_pooler(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        self.size = 0 if pooled else ASYNCPG_STATEMENT_CACHE_SIZE
+        # INFO only when it matters (a pooler changes how we talk to Postgres); DEBUG otherwise.
+        log_event(
+            "INFO" if pooled else "DEBUG",
+            "db_statement_cache",
+            application_name=self._application_name,
+            pooler_detected=pooled,
+            statement_cache_size=self.size,
+        )
+        if not pooled:
+            return conn
+        await conn.close()
+        return await asyncpg.connect(*args, statement_cache_size=0, **kwargs)
+
+
 async def keep_session(conn: Conn) -> None:
     """The pool's ``reset``: nothing beyond what asyncpg always does on release (roll back an open
     transaction, drop listeners).
@@ -93,33 +180,43 @@ async def keep_session(conn: Conn) -> None:
     on every release: one more round trip per pooled query, which a failure storm paid once per
     capture (issue 17 §2). Our code leaves no session state behind on a pooled connection: no
     session ``SET`` (only ``SET LOCAL``), no ``LISTEN``, no ``WITH HOLD`` cursor, only
-    transaction-scoped advisory locks (the migration runner's session lock is on a connection of
-    its own) — which PgBouncer in transaction mode requires anyway. Code that needs session state
-    takes a connection of its own, not one from this pool.
+    transaction-scoped advisory locks — which PgBouncer in transaction mode requires anyway. Code
+    that needs session state takes a connection of its own, not one from this pool.
     """
 
 
 async def create_pool(
     settings: Settings, *, application_name: str, metrics: Metrics | None = None, dsn: str | None = None
 ) -> Any:
-    """Open an asyncpg pool with our codecs, observer, application_name and command timeout."""
+    """Open an asyncpg pool with our codecs, observer, application_name, command timeout, a
+    statement cache fit for what is behind ``dsn``, and acquire timing when ``metrics`` is given."""
     observer = QueryObserver(metrics, settings.slow_query_ms)
+    connector = StatementCacheConnector(settings.db_statement_cache_size, application_name)
 
     async def init(conn: Conn) -> None:
         conn.query_observer = observer
         await init_connection(conn)
 
-    return await asyncpg.create_pool(
+    pool = TimedPool(
         dsn or settings.require_database_url(),
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
+        max_queries=50000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connect=connector,
+        connection_class=ObservedConnection,
+        record_class=asyncpg.Record,
         command_timeout=settings.db_command_timeout_seconds,
         server_settings={"application_name": application_name},
-        connection_class=ObservedConnection,
         init=init,
         reset=keep_session,
         timeout=10,
     )
+    pool.statement_cache = connector
+    if metrics is not None:
+        pool.wait_observer = lambda seconds: metrics.observe(metrics.db_pool_wait_seconds, seconds)
+    return await pool
 
 
 def record_pool_gauges(pool: Any, metrics: Metrics) -> None:

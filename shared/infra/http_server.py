@@ -30,6 +30,12 @@ ProbeHandler = Callable[[], Awaitable[Response]]
 # A side-port connection with no request in progress is closed after this long: a client that
 # connects and sends nothing, or dribbles a request head (slowloris), cannot hold it open.
 SIDE_HEAD_DEADLINE_SECONDS = 5.0
+# The main port's: longer, as real clients (through an ingress, or a slow link) are behind it;
+# any client sends a request head in well under a second.
+MAIN_HEAD_DEADLINE_SECONDS = 10.0
+# Open connections the main port keeps at most; one more is closed at once, unanswered. Each
+# connection holds one request at a time (HTTP/1.1), so this also bounds requests in progress.
+MAIN_MAX_CONNECTIONS = 1000
 
 
 class HeadDeadlineProtocol(H11Protocol):
@@ -40,10 +46,14 @@ class HeadDeadlineProtocol(H11Protocol):
     """
 
     head_deadline_seconds = SIDE_HEAD_DEADLINE_SECONDS
+    max_connections: int | None = None  # None: no cap
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_timer: asyncio.TimerHandle | None = None
+        if self.max_connections is not None and len(self.connections) > self.max_connections:
+            transport.close()  # over the cap: no answer, nothing held (connection_lost forgets it)
+            return
         self._arm_head_deadline()
 
     def _arm_head_deadline(self) -> None:
@@ -70,6 +80,13 @@ class HeadDeadlineProtocol(H11Protocol):
         super().connection_lost(exc)
 
 
+class MainPortProtocol(HeadDeadlineProtocol):
+    """The service's main port: a request-head deadline and a cap on open connections."""
+
+    head_deadline_seconds = MAIN_HEAD_DEADLINE_SECONDS
+    max_connections = MAIN_MAX_CONNECTIONS
+
+
 class QuietSignalsServer(uvicorn.Server):
     """A uvicorn server that leaves signal handling to its owner."""
 
@@ -85,8 +102,10 @@ def build_uvicorn(
     *,
     lifespan: Literal["on", "off", "auto"] = "on",
     head_deadline: bool = False,
+    protocol: type[H11Protocol] | None = None,
 ) -> QuietSignalsServer:
-    """A uvicorn server for ``app``; ``head_deadline`` selects ``HeadDeadlineProtocol`` (side ports)."""
+    """A uvicorn server for ``app``; ``head_deadline`` selects ``HeadDeadlineProtocol`` (side ports),
+    ``protocol`` another h11 protocol class (the main port's ``MainPortProtocol``)."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -96,7 +115,7 @@ def build_uvicorn(
         lifespan=lifespan,
         timeout_graceful_shutdown=20,
         server_header=False,
-        http=HeadDeadlineProtocol if head_deadline else "auto",
+        http=protocol or (HeadDeadlineProtocol if head_deadline else "auto"),
     )
     return QuietSignalsServer(config)
 
@@ -133,7 +152,8 @@ def probe_app(metrics: ProbeHandler, live: ProbeHandler = always_live) -> _WithR
 
 
 class _WithRequestId:
-    """Bind ``X-Request-ID`` (or a new id) so the access log line of a probe carries one too."""
+    """Bind ``X-Request-ID`` (or a new id) so the access log line of a probe carries one too;
+    every answer also carries ``X-Content-Type-Options: nosniff``, as on the main port."""
 
     def __init__(self, app: Starlette) -> None:
         self.app = app
@@ -148,7 +168,9 @@ class _WithRequestId:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+                headers = message.setdefault("headers", [])
+                headers.append((b"x-request-id", request_id.encode()))
+                headers.append((b"x-content-type-options", b"nosniff"))
             await send(message)
 
         token = bind_correlation_id(request_id)

@@ -112,6 +112,9 @@ class Metrics:
         self.queue_oldest_job_age_seconds = Gauge(
             "fmhl_queue_oldest_job_age_seconds", "Age of the oldest due job, by queue.", registry=r
         )
+        self.queue_paused = Gauge(
+            "fmhl_queue_paused", "1 while the queue is paused (its workers start no job), else 0.", registry=r
+        )
         self.dlq_size = Gauge("fmhl_dlq_size", "Unresolved dead-letter entries, by queue.", registry=r)
         self.dlq_captured_total = Counter(
             "fmhl_dlq_captured_total", "Jobs captured into the dead-letter queue, by queue.", registry=r
@@ -133,6 +136,12 @@ class Metrics:
         )
         self.db_pool_connections = Gauge(
             "fmhl_db_pool_connections", "asyncpg pool connections by state (busy, idle, max).", registry=r
+        )
+        self.db_pool_wait_seconds = Histogram(
+            "fmhl_db_pool_wait_seconds",
+            "Time to get a connection from this process's asyncpg pool (waits when all are busy).",
+            registry=r,
+            buckets=DB_BUCKETS,
         )
         # Cron
         self.cron_runs_total = Counter("fmhl_cron_runs_total", "Cron runs by job and status.", registry=r)

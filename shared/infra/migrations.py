@@ -1,9 +1,16 @@
 """Forward-only SQL migrations from ``sql/NNN_name.sql``.
 
 The runner records each file's name and SHA-256 checksum in ``schema_migrations``, refuses to
-run when an applied file was edited or removed (the message names the file), holds a Postgres
-advisory lock for the whole run so replicas migrating at once take turns, and applies each file
-in its own transaction. Running it again is a no-op.
+run when an applied file was edited or removed (the message names the file), and applies each
+file in its own transaction. Running it again is a no-op.
+
+Replicas migrating at once take turns on a Postgres advisory lock that is **transaction-scoped**
+(``pg_advisory_xact_lock``): each step (check the history; apply one file) is one transaction
+that takes the lock first and reads the history again under it, so a file another replica has
+just applied is skipped. No lock outlives its transaction, which is what makes ``migrate``
+correct through PgBouncer in transaction mode, where consecutive statements may run on different
+server connections (a session lock taken there is released on another, or never). A direct URL
+(``DATABASE_DIRECT_URL``) is still preferred when there is one (README, "PgBouncer").
 """
 
 from __future__ import annotations
@@ -63,42 +70,56 @@ def load_migrations(sql_dir: Path) -> list[Migration]:
     return migrations
 
 
+LOCK = "SELECT pg_advisory_xact_lock($1)"
+
+
+async def _locked_history(conn: Conn, migrations: list[Migration]) -> dict[str, str]:
+    """Inside a transaction: take the lock, read the history, refuse a removed or edited file."""
+    await conn.execute(LOCK, ADVISORY_LOCK_KEY)
+    await conn.execute(CREATE_TABLE)
+    applied = {row["name"]: row["checksum"] for row in await conn.fetch(SELECT_APPLIED)}
+    on_disk = {m.name for m in migrations}
+    for name in sorted(applied):
+        if name not in on_disk:
+            raise MigrationError(f"{name} was applied but is missing from the migrations directory")
+    for migration in migrations:
+        recorded = applied.get(migration.name)
+        if recorded is not None and recorded != migration.checksum:
+            raise MigrationError(
+                f"{migration.name} was edited after it was applied (checksum mismatch); "
+                "add a new migration instead"
+            )
+    return applied
+
+
 async def apply_migrations(conn: Conn, sql_dir: Path | None = None) -> list[str]:
     """Apply pending migrations on ``conn``; returns the names applied now."""
     migrations = load_migrations(sql_dir or default_sql_dir())
-    await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_KEY)
-    try:
-        await conn.execute(CREATE_TABLE)
-        applied = {row["name"]: row["checksum"] for row in await conn.fetch(SELECT_APPLIED)}
-        on_disk = {m.name for m in migrations}
-        for name in sorted(applied):
-            if name not in on_disk:
-                raise MigrationError(f"{name} was applied but is missing from the migrations directory")
-        for migration in migrations:
-            recorded = applied.get(migration.name)
-            if recorded is not None and recorded != migration.checksum:
-                raise MigrationError(
-                    f"{migration.name} was edited after it was applied (checksum mismatch); "
-                    "add a new migration instead"
-                )
-        done = []
-        for migration in migrations:
-            if migration.name in applied:
-                continue
-            try:
-                async with conn.transaction():
-                    await conn.execute(migration.sql)
-                    await conn.execute(INSERT_APPLIED, migration.name, migration.checksum)
-            except asyncpg.PostgresError as exc:
-                raise MigrationError(f"{migration.name} failed: {exc}") from exc
-            done.append(migration.name)
-        return done
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_KEY)
+    async with conn.transaction():
+        applied = await _locked_history(conn, migrations)
+    done = []
+    for migration in migrations:
+        if migration.name in applied:
+            continue
+        try:
+            async with conn.transaction():
+                # Under the lock, again: another replica may have applied it since we looked.
+                if migration.name in await _locked_history(conn, migrations):
+                    continue
+                await conn.execute(migration.sql)
+                await conn.execute(INSERT_APPLIED, migration.name, migration.checksum)
+        except asyncpg.PostgresError as exc:
+            raise MigrationError(f"{migration.name} failed: {exc}") from exc
+        done.append(migration.name)
+    return done
 
 
 async def migrate(dsn: str, sql_dir: Path | None = None) -> list[str]:
-    conn = await asyncpg.connect(dsn, server_settings={"application_name": "fmhl-ops-migrate"}, timeout=10)
+    """Migrate the database at ``dsn`` over one connection with no statement cache (a pooler may
+    stand in between; the few statements of a run gain nothing from a cache)."""
+    conn = await asyncpg.connect(
+        dsn, server_settings={"application_name": "fmhl-ops-migrate"}, statement_cache_size=0, timeout=10
+    )
     try:
         return await apply_migrations(conn, sql_dir)
     finally:

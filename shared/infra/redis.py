@@ -14,6 +14,10 @@ Keys (all under ``fmhl:``; arq's own keys keep arq's names):
 | ``fmhl:heartbeat:{queue}:{worker_id}`` | string (JSON), TTL | each worker |
 | ``fmhl:heartbeats`` | zset: heartbeat key → expiry (epoch s) | each worker (the index readers use) |
 | ``fmhl:job:cancelled:{job_id}`` | string, TTL 1 day | the failure decorator, when a try is cancelled |
+| ``fmhl:queue:paused:{queue}`` | string (JSON: by, reason, since), no TTL | ``shared.controls.pause`` |
+| ``fmhl:job:last_error:{job_id}`` | string (JSON: try, error), TTL 1 day | failure decorator, on ``Retry`` |
+| ``fmhl:retrying:{queue}`` | zset: job id → next attempt (epoch ms) | failure decorator, on ``Retry`` |
+| ``fmhl:job:abort:{job_id}`` | string (JSON: by, reason, at), TTL 1 day | ``shared.jobs.actions`` |
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ DLQ_SPOOL_REJECTED_KEY: Final = "fmhl:dlq:spool:rejected"
 HEARTBEAT_KEY_PREFIX: Final = "fmhl:heartbeat:"
 HEARTBEAT_INDEX_KEY: Final = "fmhl:heartbeats"
 CANCELLED_JOB_KEY_PREFIX: Final = "fmhl:job:cancelled:"
+QUEUE_PAUSED_KEY_PREFIX: Final = "fmhl:queue:paused:"
+JOB_LAST_ERROR_KEY_PREFIX: Final = "fmhl:job:last_error:"
+RETRYING_INDEX_KEY_PREFIX: Final = "fmhl:retrying:"
+JOB_ABORT_KEY_PREFIX: Final = "fmhl:job:abort:"
+JOB_ENDED_KEY_PREFIX: Final = "fmhl:job:ended:"
 RESULT_MESSAGE_LIMIT: Final = 8192
 
 
@@ -39,6 +48,26 @@ def heartbeat_key(queue: str, worker_id: str) -> str:
 
 def cancelled_job_key(job_id: str) -> str:
     return f"{CANCELLED_JOB_KEY_PREFIX}{job_id}"
+
+
+def queue_paused_key(queue: str) -> str:
+    return f"{QUEUE_PAUSED_KEY_PREFIX}{queue}"
+
+
+def job_last_error_key(job_id: str) -> str:
+    return f"{JOB_LAST_ERROR_KEY_PREFIX}{job_id}"
+
+
+def retrying_index_key(queue: str) -> str:
+    return f"{RETRYING_INDEX_KEY_PREFIX}{queue}"
+
+
+def job_abort_key(job_id: str) -> str:
+    return f"{JOB_ABORT_KEY_PREFIX}{job_id}"
+
+
+def job_ended_key(job_id: str) -> str:
+    return f"{JOB_ENDED_KEY_PREFIX}{job_id}"
 
 
 def _json_default(value: Any) -> Any:

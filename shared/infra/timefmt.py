@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
+
+import msgspec
 
 Precision = Literal["auto", "seconds", "milliseconds", "microseconds"]
+
+# An aware datetime: what a field of a response model holds. msgspec encodes it as ISO 8601
+# (UTC as ``Z``, as asyncpg returns ``timestamptz``) and describes it as ``format: date-time``.
+UtcDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 def iso_utc(moment: datetime, timespec: Precision = "auto") -> str:

@@ -1,7 +1,8 @@
 """Worker heartbeats in Redis: written by each worker, read by readiness and the queues API.
 
 One key per worker, ``fmhl:heartbeat:{queue}:{worker_id}``, holding JSON (queue, worker id,
-host, ongoing jobs, last beat) with a TTL of about three intervals, so a dead worker's key
+host, ongoing jobs, last beat, and ``running``: the id and start time of each job it runs, at most
+its ``max_jobs``, which the live jobs view reads) with a TTL of about three intervals, so a dead worker's key
 disappears by itself. Readers find the keys through an index, the zset ``fmhl:heartbeats``
 (member: the key, score: its expiry), never by ``SCAN``: a scan walks the whole keyspace, and
 with a backlog of a million queued jobs (a million ``arq:job:*`` keys) it took seconds, long
@@ -31,6 +32,8 @@ class Heartbeat:
     host: str
     ongoing_jobs: int
     last_beat: float
+    # (job id, started at, epoch s) of every job this worker runs
+    running: tuple[tuple[str, float], ...] = ()
 
     def age_seconds(self, now: float | None = None) -> float:
         return max(0.0, (now if now is not None else time.time()) - self.last_beat)
@@ -45,6 +48,7 @@ async def write_heartbeat(redis: Redis, beat: Heartbeat, ttl_seconds: int = HEAR
             "host": beat.host,
             "ongoing_jobs": beat.ongoing_jobs,
             "last_beat": beat.last_beat,
+            "running": [list(item) for item in beat.running],
         }
     )
     pipe = redis.pipeline(transaction=False)
@@ -81,6 +85,7 @@ async def read_heartbeats(redis: Redis) -> list[Heartbeat]:
                 host=str(data.get("host", "")),
                 ongoing_jobs=int(data.get("ongoing_jobs", 0)),
                 last_beat=float(data["last_beat"]),
+                running=tuple((str(job_id), float(started)) for job_id, started in data.get("running", [])),
             )
         )
     return beats

@@ -1,16 +1,24 @@
-"""Queue names and the reserved job kwargs every enqueuer and worker agree on."""
+"""Queue names and the reserved job kwargs every enqueuer and worker agree on.
+
+The ``Literal`` types are the one definition of the names: the tuples derive from them, the HTTP
+contract's enums (``service/contract.py``) derive from them, and mypy checks that each constant
+below is one of them.
+"""
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal, get_args
 
-DISTRIBUTE_LEAD: Final = "distribute_lead"
-EMAIL_SEND: Final = "email_send"
-REPORT_EXPORT: Final = "report_export"
-SCHEDULER: Final = "scheduler"
+JobQueueName = Literal["distribute_lead", "email_send", "report_export"]
+QueueName = Literal[JobQueueName, "scheduler"]
 
-JOB_QUEUES: Final = (DISTRIBUTE_LEAD, EMAIL_SEND, REPORT_EXPORT)
-ALL_QUEUES: Final = (*JOB_QUEUES, SCHEDULER)
+JOB_QUEUES: Final[tuple[JobQueueName, ...]] = get_args(JobQueueName)
+ALL_QUEUES: Final[tuple[QueueName, ...]] = get_args(QueueName)
+
+DISTRIBUTE_LEAD: Final[JobQueueName] = "distribute_lead"
+EMAIL_SEND: Final[JobQueueName] = "email_send"
+REPORT_EXPORT: Final[JobQueueName] = "report_export"
+SCHEDULER: Final[QueueName] = "scheduler"
 
 # Reserved job kwarg carrying the correlation id into the worker; the failure decorator pops it
 # before calling the job function and binds it to the job's log lines and DLQ row.

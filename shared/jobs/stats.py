@@ -3,8 +3,9 @@
 Never ``queued_jobs()`` or ``all_job_results()`` (they read every job: ~1 s at 5k jobs).
 depth = ``ZCARD`` (arq keeps a job in the queue zset until it finishes, so queued + in
 progress); deferred = ``ZCOUNT (now +inf``; oldest age = now - score of ``ZRANGE 0 0 WITHSCORES``
-when that job is due; active = the workers' heartbeats; failed_last_hour and dlq_size from the
-DLQ. A backend that cannot be reached raises ``DependencyUnavailable`` (503), never zeros.
+when that job is due; active = the workers' heartbeats; paused = the queue's pause key
+(``shared.controls.pause``, ``None`` when running); failed_last_hour and dlq_size from the DLQ.
+A backend that cannot be reached raises ``DependencyUnavailable`` (503), never zeros.
 """
 
 from __future__ import annotations
@@ -20,20 +21,24 @@ from shared.infra.errors import DependencyUnavailable
 from shared.infra.metrics import Metrics
 from shared.infra.redis import RedisClient
 from shared.jobs.heartbeat import read_heartbeats
-from shared.jobs.queues import JOB_QUEUES
+from shared.jobs.pause_state import PauseState, read_pauses
+from shared.jobs.queues import JOB_QUEUES, JobQueueName
 
 STATS_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    name: str
+    """One job queue: depth = queued + in progress; failures and DLQ size from Postgres."""
+
+    name: JobQueueName
     depth: int
     active: int
     deferred: int
     oldest_job_age_seconds: float
     failed_last_hour: int
     dlq_size: int
+    paused: PauseState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +46,7 @@ class _RedisSide:
     depth: int
     deferred: int
     oldest_age: float
+    paused: PauseState | None = None
 
 
 async def _redis_side(
@@ -53,6 +59,7 @@ async def _redis_side(
         pipe.zcount(queue, f"({int(now_ms)}", "+inf")
         pipe.zrange(queue, 0, 0, withscores=True)
     replies = await pipe.execute()
+    pauses = await read_pauses(redis, queues)
     sides = {}
     for index, queue in enumerate(queues):
         depth, deferred, head = replies[index * 3 : index * 3 + 3]
@@ -60,7 +67,7 @@ async def _redis_side(
         if head:
             score = float(head[0][1])
             oldest = max(0.0, (now_ms - score) / 1000)
-        sides[queue] = _RedisSide(int(depth), int(deferred), round(oldest, 3))
+        sides[queue] = _RedisSide(int(depth), int(deferred), round(oldest, 3), pauses[queue])
     active: dict[str, int] = {}
     for beat in await read_heartbeats(redis):
         active[beat.queue] = active.get(beat.queue, 0) + beat.ongoing_jobs
@@ -69,12 +76,15 @@ async def _redis_side(
 
 # dlq_size from the dlq_groups counters (O(groups)); failed_last_hour from an index range scan
 # of the last hour per queue (O(failures in the last hour)), never a scan of the whole DLQ.
+# An operator's cancel or abort leaves a DLQ row too: a record, not a failure. (``jobs`` may not
+# import ``dlq``: tests/unit/test_dlq_reasons.py checks this list is shared.dlq.reasons.CONTROL_REASONS.)
 DLQ_COUNTS = """
 SELECT q.queue_name,
        coalesce((SELECT sum(g.unresolved_count) FROM dlq_groups AS g
                  WHERE g.queue_name = q.queue_name), 0) AS dlq_size,
        (SELECT count(*) FROM dead_letter_queue AS d
-        WHERE d.queue_name = q.queue_name AND d.failed_at > now() - interval '1 hour') AS failed_last_hour
+        WHERE d.queue_name = q.queue_name AND d.failed_at > now() - interval '1 hour'
+          AND d.reason NOT IN ('cancelled', 'aborted')) AS failed_last_hour
 FROM unnest($1::text[]) AS q(queue_name)
 """
 
@@ -86,7 +96,7 @@ async def _dlq_side(pool: Any, queues: Sequence[str]) -> dict[str, tuple[int, in
 
 
 async def collect_queue_stats(
-    db: Database, redis: RedisClient, queues: Sequence[str] = JOB_QUEUES
+    db: Database, redis: RedisClient, queues: Sequence[JobQueueName] = JOB_QUEUES
 ) -> list[QueueStats]:
     """Stats for ``queues``; raises ``DependencyUnavailable`` naming the backend that failed."""
 
@@ -114,6 +124,7 @@ async def collect_queue_stats(
             oldest_job_age_seconds=sides[queue].oldest_age,
             failed_last_hour=dlq.get(queue, (0, 0))[1],
             dlq_size=dlq.get(queue, (0, 0))[0],
+            paused=sides[queue].paused,
         )
         for queue in queues
     ]
@@ -124,3 +135,4 @@ def export_queue_gauges(stats: Sequence[QueueStats], metrics: Metrics) -> None:
         metrics.set(metrics.queue_depth, item.depth, {"queue": item.name})
         metrics.set(metrics.queue_oldest_job_age_seconds, item.oldest_job_age_seconds, {"queue": item.name})
         metrics.set(metrics.dlq_size, item.dlq_size, {"queue": item.name})
+        metrics.set(metrics.queue_paused, 1 if item.paused else 0, {"queue": item.name})

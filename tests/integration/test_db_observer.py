@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -45,3 +47,31 @@ async def test_named_queries_are_timed_and_slow_ones_logged(
     assert counts == {"fast_probe": 1, "slow_probe": 1, "app_name": 1, "json_codec": 1}
     assert metrics.db_pool_connections.get({"state": "busy"}) == 1
     assert metrics.db_pool_connections.get({"state": "max"}) == settings.db_pool_max_size
+
+
+async def test_pool_wait_is_timed_for_every_acquire(database_url: str) -> None:
+    """``fmhl_db_pool_wait_seconds``: instant with a connection at hand; the wait when all are busy."""
+    metrics = Metrics()
+    settings = Settings(database_url=database_url, redis_url=None, db_pool_min_size=1, db_pool_max_size=1)
+    pool = await create_pool(settings, application_name="pool-wait-test", metrics=metrics)
+    try:
+        holder = await pool.acquire()  # the only connection: the next acquire must wait
+        waiting = asyncio.create_task(pool.fetchval("SELECT 1"))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        await pool.release(holder)
+        assert await waiting == 1
+    finally:
+        await pool.close()
+    body, _ = metrics.render()
+    samples = {
+        (sample.name, sample.labels.get("le")): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if sample.name.startswith("fmhl_db_pool_wait_seconds")
+    }
+    assert samples[("fmhl_db_pool_wait_seconds_count", None)] == 2
+    assert samples[("fmhl_db_pool_wait_seconds_bucket", "0.01")] == 1  # the first, at once
+    assert samples[("fmhl_db_pool_wait_seconds_bucket", "0.25")] == 1  # the second waited ~0.3 s
+    assert samples[("fmhl_db_pool_wait_seconds_bucket", "0.5")] == 2
+    assert samples[("fmhl_db_pool_wait_seconds_sum", None)] >= 0.3

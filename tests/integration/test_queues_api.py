@@ -21,6 +21,7 @@ from cryptography.fernet import Fernet
 from prometheus_client.parser import text_string_to_metric_families
 
 from cli.embedded import EmbeddedRedis
+from shared.controls.pause import pause_queue
 from shared.infra.config import Settings
 from shared.infra.redis import create_redis
 from shared.jobs.enqueue import enqueue
@@ -39,6 +40,7 @@ QUEUE_FIELDS = {
     "oldest_job_age_seconds",
     "failed_last_hour",
     "dlq_size",
+    "paused",
 }
 
 
@@ -66,7 +68,12 @@ def _gauges(text: str) -> dict[tuple[str, str | None], float]:
     values = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name in ("fmhl_queue_depth", "fmhl_dlq_size", "fmhl_queue_oldest_job_age_seconds"):
+            if sample.name in (
+                "fmhl_queue_depth",
+                "fmhl_dlq_size",
+                "fmhl_queue_oldest_job_age_seconds",
+                "fmhl_queue_paused",
+            ):
                 values[(sample.name, sample.labels.get("queue"))] = float(sample.value)
     return values
 
@@ -111,6 +118,9 @@ async def _seed(pool: Any, redis: Any) -> None:
     # email_send: one unresolved from 3 hours ago. scheduler: not one of the three job queues.
     await create_dlq_entry(pool, queue_name=EMAIL_SEND, failed_at=datetime.now(UTC) - timedelta(hours=3))
     await create_dlq_entry(pool, queue_name=SCHEDULER, function="cleanup_dlq")
+    # email_send is paused (incident controls): shown in the item and as fmhl_queue_paused 1.
+    async with pool.acquire() as conn:
+        await pause_queue(conn, redis, queue=EMAIL_SEND, actor="ops@example.test", reason="SMTP outage")
 
 
 EXPECTED = {
@@ -142,6 +152,11 @@ async def test_queue_stats_and_scrape_gauges_report_the_same_true_numbers(
     assert 119 <= by_name[DISTRIBUTE_LEAD]["oldest_job_age_seconds"] < 135
     assert by_name[EMAIL_SEND]["oldest_job_age_seconds"] == 0
     assert by_name[REPORT_EXPORT]["oldest_job_age_seconds"] == 0
+    paused = by_name[EMAIL_SEND]["paused"]
+    assert paused is not None and set(paused) == {"by", "reason", "since"}
+    assert (paused["by"], paused["reason"]) == ("ops@example.test", "SMTP outage")
+    assert datetime.fromisoformat(paused["since"]) > datetime.now(UTC) - timedelta(minutes=1)
+    assert by_name[DISTRIBUTE_LEAD]["paused"] is None and by_name[REPORT_EXPORT]["paused"] is None
 
     assert scrape.status_code == 200
     gauges = _gauges(scrape.text)
@@ -152,6 +167,8 @@ async def test_queue_stats_and_scrape_gauges_report_the_same_true_numbers(
     assert abs(age - by_name[DISTRIBUTE_LEAD]["oldest_job_age_seconds"]) < 5
     assert gauges[("fmhl_queue_oldest_job_age_seconds", REPORT_EXPORT)] == 0
     assert ("fmhl_queue_depth", SCHEDULER) not in gauges
+    paused_gauges = {name: gauges[("fmhl_queue_paused", name)] for name in EXPECTED}
+    assert paused_gauges == {DISTRIBUTE_LEAD: 0, EMAIL_SEND: 1, REPORT_EXPORT: 0}
 
 
 async def test_queue_stats_reject_query_parameters_and_need_an_admin(
@@ -166,7 +183,8 @@ async def test_queue_stats_reject_query_parameters_and_need_an_admin(
     assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "unauthenticated"
     assert empty.status_code == 200
     assert all(
-        q == {"name": q["name"], **dict.fromkeys(QUEUE_FIELDS - {"name"}, 0)} for q in empty.json()["queues"]
+        q == {"name": q["name"], "paused": None, **dict.fromkeys(QUEUE_FIELDS - {"name", "paused"}, 0)}
+        for q in empty.json()["queues"]
     )
 
 

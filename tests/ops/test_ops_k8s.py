@@ -45,22 +45,27 @@ COMPONENT_KINDS = {
     "alertmanager-config": {"AlertmanagerConfig"},
     "keda": {"ScaledObject"},
     "grafana-dashboard": {"ConfigMap"},
+    # Built-in kinds only; no overlay opts in (it needs an out-of-band Secret; README "PgBouncer").
+    "pgbouncer": {"Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap"},
 }
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject", "AlertmanagerConfig"}
 # overlay -> the components it opts into (dev: none that needs a CRD, so it applies to a plain cluster)
-OVERLAY_COMPONENTS = {"dev": {"grafana-dashboard"}, "prod": set(COMPONENT_KINDS)}
+OVERLAY_COMPONENTS = {"dev": {"grafana-dashboard"}, "prod": set(COMPONENT_KINDS) - {"pgbouncer"}}
 WORKLOAD_KINDS = {"Deployment"}
 SERVICE_NAME = "fmhl-ops"
 IMAGE = "fmhl-ops"
 UID = 10001
 MONITORING_PEER = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
 CONFIG_KEYS = {
+    "DB_POOL_MAX_SIZE",
     "LOG_LEVEL",
     "LOG_FORMAT",
     "DLQ_RETENTION_DAYS",
     "RECONCILE_AUTO_CORRECT_MAX",
     "HEALTH_CHECK_TIMEOUT_SECONDS",
     "SESSION_TTL_SECONDS",
+    "CONSOLE_IDLE_TIMEOUT_SECONDS",
+    "FORWARDED_ALLOW_IPS",
 }
 SECRET_KEYS = {"DATABASE_URL", "REDIS_URL", "MFA_ENCRYPTION_KEY"}
 
@@ -477,6 +482,52 @@ def test_config_and_secret(overlay: str) -> None:
             assert {"secretRef": {"name": "fmhl-ops-secrets"}} in refs
             # What the process would see parses with the real settings loader.
             load_settings({**config["data"], **secret, **env_of(container)})
+
+
+def _base_literal(name: str) -> str:
+    """The value of ``name`` in the base settings ConfigMap's literals (the one place it is set)."""
+    (generator,) = [
+        g for g in kustomization(K8S / "base")["configMapGenerator"] if g["name"] == "fmhl-ops-config"
+    ]
+    (value,) = [item.split("=", 1)[1] for item in generator["literals"] if item.startswith(name + "=")]
+    return str(value)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_http_pod_trusts_the_ingress_for_forwarded_headers(overlay: str) -> None:
+    """Without FORWARDED_ALLOW_IPS uvicorn trusts only 127.0.0.1, so behind an ingress every client
+    has the ingress's address and shares its per-IP login limit (issue 16 §2)."""
+    import ipaddress
+
+    from shared.infra.http_server import build_uvicorn, probe_app
+
+    documented = _base_literal("FORWARDED_ALLOW_IPS")
+    for item in documented.split(","):
+        ipaddress.ip_network(item.strip())  # IPs or CIDRs only: never "*"
+    readme = (REPO / "README.md").read_text()
+    assert f"FORWARDED_ALLOW_IPS={documented}" in readme or f"`{documented}`" in readme
+    assert rendered_text(overlay).count("FORWARDED_ALLOW_IPS") == 1, "set once, in the settings ConfigMap"
+    config = app_config(overlay)
+    serving = 0
+    for workload in workloads(overlay):
+        for container in pod_spec(workload)["containers"]:
+            if not container.get("ports"):
+                continue
+            serving += 1
+            refs = [r["configMapRef"]["name"] for r in container.get("envFrom", []) if "configMapRef" in r]
+            assert config["metadata"]["name"] in refs, workload["metadata"]["name"]
+            environment = {**config["data"], **env_of(container)}
+            assert environment.get("FORWARDED_ALLOW_IPS") == documented, workload["metadata"]["name"]
+            # and uvicorn, started with that environment, trusts exactly those addresses
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("FORWARDED_ALLOW_IPS", environment["FORWARDED_ALLOW_IPS"])
+                server = build_uvicorn(probe_app(_no_metrics), "127.0.0.1", 0, lifespan="off")
+            assert server.config.forwarded_allow_ips == documented and server.config.proxy_headers
+    assert serving >= 1 + len(ALL_QUEUES)
+
+
+async def _no_metrics() -> Any:
+    raise AssertionError("not called")
 
 
 # --- Service, disruption budgets, autoscaling -------------------------------------------------

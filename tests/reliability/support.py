@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email
+import os
 import shutil
 import signal
 import tempfile
@@ -28,6 +29,7 @@ from aiosmtpd.controller import Controller
 
 from cli.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from shared.infra.migrations import apply_migrations
+from tests import pgbouncer
 from tests.procs import Proc, base_env
 
 DATABASE = "fmhl_reliability"
@@ -41,11 +43,18 @@ class OwnServers:
     pg: EmbeddedPostgres | None = None
     redis: EmbeddedRedis | None = None
     redis_port: int = field(default_factory=free_port)
+    bouncer: pgbouncer.PgBouncer | None = None
 
     @property
     def database_url(self) -> str:
+        """Postgres itself (seeding and checks)."""
         assert self.pg is not None
         return self.pg.dsn_for(DATABASE)
+
+    @property
+    def app_database_url(self) -> str:
+        """The workers' ``DATABASE_URL``: through PgBouncer when ``TEST_VIA_PGBOUNCER=1``."""
+        return self.bouncer.url_for(self.database_url) if self.bouncer is not None else self.database_url
 
     @property
     def redis_url(self) -> str:
@@ -64,6 +73,8 @@ class OwnServers:
         finally:
             await conn.close()
         await self.start_redis()
+        if os.environ.get("TEST_VIA_PGBOUNCER") == "1":
+            self.bouncer = await asyncio.to_thread(pgbouncer.PgBouncer(self.pg.dsn).start)
         return self
 
     async def start_redis(self) -> None:
@@ -84,6 +95,8 @@ class OwnServers:
         await asyncio.to_thread(self.pg.stop)
 
     def close(self) -> None:
+        if self.bouncer is not None:
+            self.bouncer.stop()
         if self.redis is not None:
             self.redis.stop()
         if self.pg is not None:
@@ -177,7 +190,7 @@ class WorkerFleet:
 
 def worker_env(servers: OwnServers, **extra: str) -> dict[str, str]:
     return base_env(
-        DATABASE_URL=servers.database_url, REDIS_URL=servers.redis_url, LOG_LEVEL="WARNING", **extra
+        DATABASE_URL=servers.app_database_url, REDIS_URL=servers.redis_url, LOG_LEVEL="WARNING", **extra
     )
 
 

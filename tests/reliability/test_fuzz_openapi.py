@@ -247,7 +247,7 @@ def _conforms(raw: str, schema: dict[str, Any]) -> bool:
         if not re.fullmatch(r"-?\d+", raw):
             return False
         value = int(raw)
-    elif kind == "boolean":  # the API also takes 1/0 (service/validation.py optional_bool)
+    elif kind == "boolean":  # the API also takes 1/0, any case (service/contract.py decode_params)
         if raw.lower() not in ("true", "false", "1", "0"):
             return False
         value = raw.lower() in ("true", "1")
@@ -309,7 +309,7 @@ def test_hostile_values_for_every_parameter_and_body_field_get_a_4xx_in_the_erro
                 body_schema = (
                     (operation.get("requestBody") or {}).get("content", {}).get("application/json", {})
                 )
-                properties = (body_schema.get("schema") or {}).get("properties", {})
+                properties = _resolve(spec, body_schema.get("schema") or {}).get("properties", {})
                 concrete = path.replace("{entry_id}", str(uuid.uuid4()))
                 json_headers = headers | {"content-type": "application/json"}
                 for name in [*properties, "unknown_field"] if body_schema else []:
@@ -347,6 +347,13 @@ def test_hostile_values_for_every_parameter_and_body_field_get_a_4xx_in_the_erro
             _assert_answer(response, True, f"login {body[:60]}", seen)
     print(f"\nhostile values: {sent} requests, statuses {dict(sorted(seen.items()))}")
     assert sent > 400 and not [s for s in seen if s >= 500]
+
+
+def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema a ``$ref`` points at (bodies and answers are components of the document)."""
+    while "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
 
 
 def _quote(raw: str) -> str:

@@ -55,6 +55,9 @@ def test_values_are_parsed() -> None:
         ("WORKER_QUEUES", '{"email_send": {"max_jobs": 0}}'),
         ("WORKER_QUEUES", '{"email_send": {"concurrency": 4}}'),
         ("WORKER_QUEUES", '["email_send"]'),
+        ("DATABASE_DIRECT_URL", "mysql://x/y"),
+        ("DB_STATEMENT_CACHE_SIZE", "-1"),
+        ("DB_STATEMENT_CACHE_SIZE", "off"),
     ],
 )
 def test_bad_value_names_the_variable(name: str, value: str) -> None:
@@ -94,3 +97,13 @@ async def test_worker_takes_its_queue_concurrency() -> None:
     settings = load_settings({"WORKER_QUEUES": '{"email_send": {"max_jobs": 7, "poll_delay_seconds": 0.2}}'})
     worker = build_worker("email_send", settings, redis=object(), handle_signals=False)
     assert worker.max_jobs == 7 and worker.poll_delay_s == 0.2
+
+
+def test_migrations_use_the_direct_url_when_given() -> None:
+    pooled = "postgresql://u@pgbouncer:6432/fmhl"
+    direct = "postgresql://u@postgres:5432/fmhl"
+    assert load_settings({"DATABASE_URL": pooled}).migration_database_url() == pooled
+    both = load_settings({"DATABASE_URL": pooled, "DATABASE_DIRECT_URL": direct})
+    assert both.migration_database_url() == direct
+    assert load_settings({}).db_statement_cache_size is None  # auto
+    assert load_settings({"DB_STATEMENT_CACHE_SIZE": "0"}).db_statement_cache_size == 0

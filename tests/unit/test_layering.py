@@ -1,5 +1,6 @@
 """Imports go one way. Top level: ``cli`` -> ``service`` | ``worker`` -> ``shared``. Inside
-``shared``: ``marketplace`` -> ``dlq`` | ``auth`` | ``email`` -> ``jobs`` | ``audit`` -> ``infra``.
+``shared``: ``marketplace`` | ``controls`` -> ``dlq`` | ``auth`` | ``email`` -> ``jobs`` | ``audit``
+-> ``infra``.
 
 The checker reads every module's imports with ``ast`` (function-local imports included) and
 reports each one against the direction; its own tests feed it small synthetic trees, so a
@@ -27,6 +28,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "shared.marketplace": frozenset(
         {"shared.infra", "shared.jobs", "shared.audit", "shared.dlq", "shared.auth", "shared.email"}
     ),
+    "shared.controls": frozenset({"shared.infra", "shared.jobs", "shared.audit", "shared.dlq"}),
     "shared": frozenset({"shared.infra"}),  # shared/__init__.py
     "service": frozenset({"shared"}),
     "worker": frozenset({"shared"}),
