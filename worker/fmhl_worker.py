@@ -180,6 +180,16 @@ class FmhlWorker(PausableWorker, LiveJobsWorker, ClaimingWorker, FinishBatchingW
         if wait > 0:
             await asyncio.sleep(wait)
 
+    async def may_start_jobs(self) -> bool:
+        """``ClaimingWorker``'s gate, plus the queue's pause (refreshed at most every
+        ``PAUSE_REFRESH_SECONDS``; during a Redis outage the last known state holds)."""
+        if not await super().may_start_jobs():
+            return False
+        try:
+            return not await self.pause_gate.is_paused(self.pool)
+        except REDIS_OUTAGE_ERRORS:
+            return not self.pause_gate.paused
+
     async def _redis_outage(self, exc: BaseException) -> None:
         delay = self._redis_retry_seconds
         log_event(

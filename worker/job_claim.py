@@ -88,6 +88,8 @@ class ClaimingWorker(Worker):
         pending = [job_id for job_id in pending if not self._running_here(job_id)]
         position = 0
         while position < len(pending):
+            if not await self.may_start_jobs():  # a walk can outlast a stop or a pause
+                return
             free = min(self.max_jobs - self.job_counter, len(pending) - position)
             if free <= 0:
                 running = [task for task in self.tasks.values() if not task.done()]
@@ -113,6 +115,11 @@ class ClaimingWorker(Worker):
                 task = self.loop.create_task(self.run_job(job_id, score))
                 task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
                 self.tasks[job_id] = task
+
+    async def may_start_jobs(self) -> bool:
+        """Asked before each claim of a walk, which (waiting for slots) can last long: once arq
+        stops picking jobs (SIGTERM), none is started. Subclasses add their own gates."""
+        return self.allow_pick_jobs
 
     def _running_here(self, job_id: str) -> bool:
         task = self.tasks.get(job_id)

@@ -147,3 +147,20 @@ async def test_a_full_worker_keeps_starting_jobs_within_one_poll(
     elapsed = time.perf_counter() - started
     assert worker.jobs_complete == 200
     assert elapsed < 3.0, f"{elapsed:.1f} s: 20 jobs per 0.5 s poll would take 5 s"
+
+
+async def test_a_walk_starts_nothing_once_picking_stopped(settings: Settings, redis: Any) -> None:
+    """A walk can outlast a SIGTERM (arq sets ``allow_pick_jobs = False``): each claim asks first."""
+    from worker.fmhl_worker import build_worker
+
+    async def noop(ctx: dict[str, Any], n: int) -> None:
+        return None
+
+    ids = [await enqueue(redis, "noop", queue=QUEUE, n=n) for n in range(5)]
+    worker = build_worker(
+        QUEUE, settings, functions=[job(QUEUE, "noop", noop)], redis=redis, handle_signals=False
+    )
+    worker.allow_pick_jobs = False
+    await worker.start_jobs([job_id.encode() for job_id in ids])
+    assert worker.tasks == {} and worker.job_counter == 0
+    assert not await redis.exists(*(in_progress_key_prefix + job_id for job_id in ids))
