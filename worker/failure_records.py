@@ -278,7 +278,12 @@ SILENT_ERROR_TYPES = {
         "the worker running try {last_try} of {max_tries} stopped without finishing it (killed or crashed)",
     ),
     "permanent": ("JobNotRunnable", "arq could not run the job: {detail}"),
+    "poison": ("PoisonJob", "quarantined instead of running try {attempts} of {max_tries}: {detail}"),
 }
+
+
+# reasons whose last counted try never finished: attempts = the tries that actually ran
+UNFINISHED_LAST_TRY = ("worker_lost", "max_tries_exceeded", "poison")
 
 
 def record_from_silent_failure(
@@ -322,7 +327,7 @@ def record_from_silent_failure(
         message=message,
         stack_trace="",
         frame=f"arq:{reason}",
-        attempts=max(attempts - 1, 0) if reason in ("worker_lost", "max_tries_exceeded") else attempts,
+        attempts=max(attempts - 1, 0) if reason in UNFINISHED_LAST_TRY else attempts,
         reason=reason,
         enqueued_at=datetime.fromtimestamp(enqueue_ms / 1000, tz=UTC) if enqueue_ms else None,
         correlation_id=correlation_id,

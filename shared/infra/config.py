@@ -63,6 +63,9 @@ class Settings:
     # The console's session cookie drops ``Secure`` only when this is set AND a request arrives over
     # plain HTTP on a loopback host (``fmhl-ops dev`` sets it; see service/console/security.py).
     console_insecure_cookies: bool = False
+    # A job whose tries vanished with their worker (SIGKILL, OOM, segfault) this many times is
+    # quarantined at its next pickup (DLQ reason ``poison``) instead of run again (worker/poison.py).
+    poison_after_lost_tries: int = 2
 
     def max_jobs_for(self, queue: str) -> int:
         return int(self.worker_queues.get(queue, {}).get("max_jobs", self.worker_max_jobs))
@@ -95,6 +98,13 @@ def _parse(env: Mapping[str, str], name: str, parse: Callable[[str], T], expects
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _lost_tries(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 100:
         raise ValueError(raw)
     return value
 
@@ -302,6 +312,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         console_insecure_cookies=_parse(
             e, "CONSOLE_INSECURE_COOKIES", _flag, "1 or 0 (true/false, yes/no)", False
+        ),
+        poison_after_lost_tries=_parse(
+            e, "POISON_AFTER_LOST_TRIES", _lost_tries, "an integer from 1 to 100", 2
         ),
         cron_schedules=_parse(
             e, "CRON_SCHEDULES", _cron_schedules, 'JSON like {"cleanup_dlq": {"hour": 1, "minute": 0}}', {}

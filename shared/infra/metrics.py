@@ -116,6 +116,11 @@ class Metrics:
             "fmhl_queue_paused", "1 while the queue is paused (its workers start no job), else 0.", registry=r
         )
         self.dlq_size = Gauge("fmhl_dlq_size", "Unresolved dead-letter entries, by queue.", registry=r)
+        self.jobs_quarantined_total = Counter(
+            "fmhl_jobs_quarantined_total",
+            "Poison jobs quarantined at pickup (their tries kept vanishing with their worker).",
+            registry=r,
+        )
         self.dlq_captured_total = Counter(
             "fmhl_dlq_captured_total", "Jobs captured into the dead-letter queue, by queue.", registry=r
         )

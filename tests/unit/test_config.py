@@ -55,6 +55,9 @@ def test_values_are_parsed() -> None:
         ("WORKER_QUEUES", '{"email_send": {"max_jobs": 0}}'),
         ("WORKER_QUEUES", '{"email_send": {"concurrency": 4}}'),
         ("WORKER_QUEUES", '["email_send"]'),
+        ("POISON_AFTER_LOST_TRIES", "0"),
+        ("POISON_AFTER_LOST_TRIES", "101"),
+        ("POISON_AFTER_LOST_TRIES", "two"),
     ],
 )
 def test_bad_value_names_the_variable(name: str, value: str) -> None:
@@ -94,3 +97,8 @@ async def test_worker_takes_its_queue_concurrency() -> None:
     settings = load_settings({"WORKER_QUEUES": '{"email_send": {"max_jobs": 7, "poll_delay_seconds": 0.2}}'})
     worker = build_worker("email_send", settings, redis=object(), handle_signals=False)
     assert worker.max_jobs == 7 and worker.poll_delay_s == 0.2
+
+
+def test_poison_after_lost_tries_defaults_to_two() -> None:
+    assert load_settings({}).poison_after_lost_tries == 2
+    assert load_settings({"POISON_AFTER_LOST_TRIES": "3"}).poison_after_lost_tries == 3
