@@ -29,6 +29,7 @@ from arq.cron import CronJob
 from arq.worker import Function
 
 from shared.dlq.capture import capture
+from shared.dlq.raw_preview import with_raw_preview
 from shared.dlq.spool import drain_spool
 from shared.infra.config import ConfigError, Settings
 from shared.infra.db import Database
@@ -316,6 +317,8 @@ class FmhlWorker(PausableWorker, LiveJobsWorker):
         record = record_from_silent_failure(
             queue=self.queue_name, job_id=job_id, result=result, reason=reason, max_tries=max_tries
         )
+        if reason == "permanent" and function_name == "<unknown>":  # no codec could read the body
+            record = await with_raw_preview(self.pool, job_id, record)
         if reason in ("worker_lost", "max_tries_exceeded"):
             self.metrics.inc(
                 self.metrics.queue_jobs_failed_total,

@@ -85,7 +85,17 @@ class DlqEntryDetail(DlqEntry):
     resolution_note: str | None
     payload_omitted: Annotated[
         str | None,
-        Meta(description="why args/kwargs were not stored (too large, not JSON); not retryable then"),
+        Meta(
+            description="why args/kwargs were not stored (too large, not JSON, a job body no codec "
+            "could read); not retryable then"
+        ),
+    ]
+    raw_preview: Annotated[
+        str | None,
+        Meta(
+            description="a job body no codec could read (a foreign pickle, corrupt bytes): base64 of "
+            "its first 3,072 bytes (at most 4 KiB); never decoded"
+        ),
     ]
 
 
@@ -232,7 +242,7 @@ async def group_entries(
 
 
 GET_ENTRY = f"""
-SELECT {LIST_COLUMNS}, args, kwargs, stack_trace, resolution_note, payload_omitted
+SELECT {LIST_COLUMNS}, args, kwargs, stack_trace, resolution_note, payload_omitted, raw_preview
 FROM dead_letter_queue WHERE id = $1
 """
 

@@ -57,6 +57,8 @@ class FailureRecord:
     # shared.dlq.content: text and payload strings are in the escaped form; payload not stored, why
     content_escaped: bool = False
     payload_omitted: str | None = None
+    # shared.dlq.raw_preview: base64 of the first bytes of a job body no codec could read
+    raw_preview: str | None = None
 
     def to_json(self) -> bytes:
         data = dataclass_to_dict(self)

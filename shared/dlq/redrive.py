@@ -53,10 +53,10 @@ def retry_job_id(entry_id: uuid.UUID) -> str:
 
 def _original_call(row: Any) -> tuple[str, list[Any], dict[str, Any]]:
     """Function, args and kwargs as the job carried them (``shared.dlq.content``: unescaped)."""
+    if row["payload_omitted"] is not None:  # too large, not JSON, or a body no codec could read
+        raise Conflict(f"the job's arguments were not stored: {row['payload_omitted']}", code="not_retryable")
     if row["function"] == "<unknown>":
         raise Conflict("this entry has no job payload to replay (it expired in Redis)", code="not_retryable")
-    if row["payload_omitted"] is not None:
-        raise Conflict(f"the job's arguments were not stored: {row['payload_omitted']}", code="not_retryable")
     function, args, kwargs = row["function"], list(row["args"] or []), dict(row["kwargs"] or {})
     if row["content_escaped"]:
         function = unescape_text(function)

@@ -75,7 +75,7 @@ async def test_poison_pill_runs_at_most_twice_and_the_rest_of_the_queue_complete
         assert row["function"] == "poison_pill" and row["correlation_id"] == "corr-pill"
         done = await redis.lrange(STEADY_DONE_KEY, 0, -1)
         assert sorted(int(n) for n in done) == list(range(STEADY_JOBS))  # each exactly once
-        assert await redis.zcard(f"arq:queue:{EMAIL_SEND}") == 0
+        assert await redis.zcard(EMAIL_SEND) == 0
         assert any(
             '"event": "job_quarantined"' in w.output() or '"event":"job_quarantined"' in w.output()
             for w in workers

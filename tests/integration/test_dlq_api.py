@@ -51,7 +51,14 @@ LIST_FIELDS = {
     "retry_of",
     "content_escaped",
 }
-DETAIL_FIELDS = LIST_FIELDS | {"args", "kwargs", "stack_trace", "resolution_note", "payload_omitted"}
+DETAIL_FIELDS = LIST_FIELDS | {
+    "args",
+    "kwargs",
+    "stack_trace",
+    "resolution_note",
+    "payload_omitted",
+    "raw_preview",
+}
 
 
 @dataclasses.dataclass

@@ -81,7 +81,7 @@ async def test_job_whose_tries_vanished_is_quarantined_not_run(
     assert _metric(metrics, "fmhl_jobs_quarantined_total", **labels) == 1
     assert _metric(metrics, "fmhl_queue_jobs_failed_total", **labels, final="true") == 1
     assert await redis.exists(job_lost_tries_key(job_id)) == 0
-    assert await redis.zcard(f"arq:queue:{QUEUE}") == 0  # arq finished it: no worker picks it again
+    assert await redis.zcard(QUEUE) == 0  # arq finished it: no worker picks it again
 
 
 async def test_one_vanished_try_below_the_threshold_runs_and_forgets_it(
