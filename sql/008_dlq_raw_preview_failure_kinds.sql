@@ -6,6 +6,11 @@
 ALTER TABLE dead_letter_queue
     ADD COLUMN raw_preview text CHECK (raw_preview IS NULL OR length(raw_preview) <= 4096);
 
+-- 3. With OpenTelemetry on (shared/infra/tracing.py), the trace the failure was captured in
+--    (32 hex digits), linked from the console's entry page through TRACE_URL_TEMPLATE.
+ALTER TABLE dead_letter_queue
+    ADD COLUMN trace_id text CHECK (trace_id IS NULL OR trace_id ~ '^[0-9a-f]{32}$');
+
 -- 2. New and regressed failure kinds (Sentry's "new issue" / "regression"): a group (fingerprint,
 --    queue, function, error type) seen for the first time is 'new'; one whose entries were all
 --    resolved and that fails again is 'regressed'. The group row carries the latest of the two

@@ -32,6 +32,7 @@ from typing import Any
 
 import asyncpg
 import redis.exceptions
+from arq.typing import WorkerCoroutine
 from arq.worker import Function, Retry, func
 
 from shared.dlq.capture import capture
@@ -40,7 +41,9 @@ from shared.infra.errors import Busy, DependencyUnavailable
 from shared.infra.logs import log_event
 from shared.infra.metrics import Metrics
 from shared.infra.redis import cancelled_job_key
+from shared.infra.tracing import job_span, tracing_enabled
 from shared.jobs.policy import RetryPolicy
+from shared.jobs.queues import RETRY_OF_KWARG, TRACEPARENT_KWARG
 from shared.jobs.retry_trace import record_retry
 from worker.aborts import record_if_aborted
 from worker.failure_records import record_from_exception, safe_message, split_reserved_kwargs
@@ -88,7 +91,7 @@ def with_failure_policy(queue: str, name: str, policy: RetryPolicy, coroutine: J
     """Wrap ``coroutine(ctx, **kwargs)`` and return the arq ``Function`` to register."""
 
     @functools.wraps(coroutine)
-    async def run(ctx: dict[str, Any], *args: Any, **raw_kwargs: Any) -> Any:
+    async def run_job(ctx: dict[str, Any], *args: Any, **raw_kwargs: Any) -> Any:
         kwargs, correlation_id, retry_of = split_reserved_kwargs(raw_kwargs)
         token = bind_correlation_id(correlation_id or f"job:{ctx.get('job_id')}")
         metrics: Metrics | None = ctx.get("metrics")
@@ -183,7 +186,32 @@ def with_failure_policy(queue: str, name: str, policy: RetryPolicy, coroutine: J
             await at_end_of_try(redis, job_id, pickup, job_goes_on=retried)
             reset_correlation_id(token)
 
-    return func(run, name=name, max_tries=policy.max_tries, timeout=policy.arq_timeout_seconds)
+    return func(
+        _in_job_span(queue, name, run_job),
+        name=name,
+        max_tries=policy.max_tries,
+        timeout=policy.arq_timeout_seconds,
+    )
+
+
+def _in_job_span(queue: str, name: str, run_job: JobFunction) -> WorkerCoroutine:
+    """The job's run in its span when tracing is on (``shared.infra.tracing.job_span``)."""
+
+    @functools.wraps(run_job)
+    async def run(ctx: dict[str, Any], *args: Any, **raw_kwargs: Any) -> Any:
+        if not tracing_enabled():
+            return await run_job(ctx, *args, **raw_kwargs)
+        with job_span(
+            queue=queue,
+            function=name,
+            job_id=str(ctx.get("job_id")),
+            job_try=int(ctx.get("job_try", 1)),
+            traceparent=raw_kwargs.get(TRACEPARENT_KWARG),
+            redrive=RETRY_OF_KWARG in raw_kwargs,
+        ):
+            return await run_job(ctx, *args, **raw_kwargs)
+
+    return run
 
 
 def _observe(metrics: Metrics | None, labels: dict[str, str], started: float) -> None:

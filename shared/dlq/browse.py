@@ -98,6 +98,10 @@ class DlqEntryDetail(DlqEntry):
             "its first 3,072 bytes (at most 4 KiB); never decoded"
         ),
     ]
+    trace_id: Annotated[
+        str | None,
+        Meta(description="the OpenTelemetry trace the failure was captured in (tracing on), 32 hex digits"),
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +259,8 @@ async def group_entries(
 
 
 GET_ENTRY = f"""
-SELECT {LIST_COLUMNS}, args, kwargs, stack_trace, resolution_note, payload_omitted, raw_preview
+SELECT {LIST_COLUMNS}, args, kwargs, stack_trace, resolution_note, payload_omitted, raw_preview,
+       trace_id
 FROM dead_letter_queue WHERE id = $1
 """
 

@@ -24,6 +24,7 @@ from shared.dlq.content import map_strings, unescape_text
 from shared.infra.db import Conn, execute, fetch, fetchrow
 from shared.infra.errors import Conflict, DependencyUnavailable, Invalid, NotFound
 from shared.infra.metrics import Metrics
+from shared.infra.tracing import traced
 from shared.jobs.enqueue import enqueue_call
 from shared.jobs.queues import ALL_QUEUES, RETRY_OF_KWARG
 
@@ -106,6 +107,7 @@ WHERE id = $1 AND resolved_at IS NULL
 """
 
 
+@traced("dlq redrive")
 async def retry_entry(
     pool: Any, redis: ArqRedis, metrics: Metrics | None, entry_id: uuid.UUID, actor: Actor
 ) -> str:
@@ -170,6 +172,7 @@ FOR UPDATE SKIP LOCKED
 """
 
 
+@traced("dlq redrive")
 async def bulk_retry(
     pool: Any,
     redis: ArqRedis,

@@ -58,6 +58,7 @@ DETAIL_FIELDS = LIST_FIELDS | {
     "resolution_note",
     "payload_omitted",
     "raw_preview",
+    "trace_id",
 }
 
 
