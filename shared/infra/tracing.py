@@ -58,7 +58,7 @@ def configure_tracing(default_service_name: str, env: Mapping[str, str] | None =
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
     attributes = {} if e.get("OTEL_SERVICE_NAME") else {"service.name": default_service_name}
-    provider = TracerProvider(resource=Resource.create(attributes))
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=_no_root_client_spans())
     exporter: SpanExporter
     if e.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "console":
         exporter = ConsoleSpanExporter()
@@ -73,6 +73,29 @@ def configure_tracing(default_service_name: str, env: Mapping[str, str] | None =
     _tracer = trace.get_tracer("fmhl-ops")
     _enabled = True
     return True
+
+
+def _no_root_client_spans() -> Any:
+    """``OTEL_TRACES_SAMPLER``'s sampler, except that a CLIENT span without a parent is dropped:
+    arq's polls, heartbeats and pool pings (several Redis commands every 50 ms per worker) would
+    otherwise each export a one-span trace. Client calls inside a request or a job are kept."""
+    from opentelemetry.sdk.trace import sampling
+    from opentelemetry.trace import SpanKind, get_current_span
+
+    class NoRootClientSpans(sampling.Sampler):
+        def __init__(self, delegate: sampling.Sampler) -> None:
+            self.delegate = delegate
+
+        def should_sample(self, parent_context: Any, *args: Any, **kwargs: Any) -> Any:
+            kind = args[2] if len(args) > 2 else kwargs.get("kind")
+            if kind == SpanKind.CLIENT and not get_current_span(parent_context).get_span_context().is_valid:
+                return sampling.SamplingResult(sampling.Decision.DROP)
+            return self.delegate.should_sample(parent_context, *args, **kwargs)
+
+        def get_description(self) -> str:
+            return f"NoRootClientSpans({self.delegate.get_description()})"
+
+    return NoRootClientSpans(sampling._get_from_env_or_default())
 
 
 def instrument_app(app: Any) -> None:
