@@ -42,6 +42,7 @@ from worker.aborts import record_abort_from_result
 from worker.failure_records import record_from_silent_failure
 from worker.idle_backoff import IdleBackoff
 from worker.live_jobs import LiveJobsWorker
+from worker.poison import initialise_metrics as initialise_poison_metrics
 from worker.queue_pause import PausableWorker
 from worker.shutdown import PollingStopped, StopRequest, cancel_until_done
 
@@ -195,6 +196,7 @@ class FmhlWorker(PausableWorker, LiveJobsWorker):
     async def _on_startup(self, ctx: dict[str, Any]) -> None:
         ctx.setdefault("settings", self.settings)
         ctx.setdefault("metrics", self.metrics)
+        initialise_poison_metrics(self.metrics, self.queue_name, self.functions)
         if "db" not in ctx:
             db = Database(
                 self.settings, application_name=f"fmhl-ops-worker-{self.queue_name}", metrics=self.metrics

@@ -21,6 +21,7 @@ try of it ends (success or failure), so a job id used again later starts from ze
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -85,6 +86,13 @@ async def at_end_of_try(
     used again later starts from zero. Nothing to do on the normal path."""
     if check.lost_tries and not job_goes_on:
         await forget_lost_tries(redis, job_id)
+
+
+def initialise_metrics(metrics: Metrics, queue: str, functions: Iterable[str]) -> None:
+    """Export ``fmhl_jobs_quarantined_total`` at 0 for each function from the start, so the first
+    quarantine is an increase Prometheus sees (and the series exists before anything goes wrong)."""
+    for function in functions:
+        metrics.inc(metrics.jobs_quarantined_total, {"queue": queue, "function": function}, 0)
 
 
 async def check_pickup(redis: RedisClient | None, job_id: str, job_try: int, threshold: int) -> PickupCheck:
