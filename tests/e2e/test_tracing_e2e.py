@@ -216,6 +216,7 @@ async def test_one_failure_followed_end_to_end(
             (redrive.trace_id, redrive.span_id),
         )  # ... linked
         assert any(_is_db(s) for s in retried)
+        assert not any("/health/" in s.name for s in receiver.spans)  # probes are not traced by default
         # arq's polls are root client spans: dropped (no one-span trace per Redis command)
         assert not any(_is_redis(s) and s.parent_span_id == "" for s in receiver.spans)
 
