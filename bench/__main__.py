@@ -51,6 +51,7 @@ from bench.common import (
 from bench.dlq_data import analyze, seed_dlq, seed_queued_jobs
 from shared.infra.logs import configure_logging
 from shared.infra.redis import create_redis
+from shared.infra.tracing import configure_tracing
 
 BENCH_DIR = Path(__file__).resolve().parent
 Case = Callable[[Backends, Scale], Awaitable[list[Result]]]
@@ -117,6 +118,9 @@ async def run_cases(
     """Seed the data, run ``names`` in order; a case that raises becomes a failed ``ERROR`` row."""
     results: list[Result] = []
     configure_logging("INFO", "json")  # as in production; stdout is /dev/null while cases run
+    # OTEL_* in the environment turns tracing on here (the in-process worker cases) and in the
+    # processes the cases start (``fmhl-ops serve``): the same cases then measure its cost.
+    configure_tracing("fmhl-ops-bench")
     async with bench_backends(admin_dsn, redis_url) as backends:
         progress(f"scale {scale.name}; backends: {backends.source}; {machine()}")
         results.append(await _seed_dlq(backends, scale))

@@ -20,6 +20,7 @@ from shared import __version__
 from shared.infra.config import ConfigError, Settings, load_settings
 from shared.infra.logs import configure_logging
 from shared.infra.migrations import MigrationError, migrate
+from shared.infra.tracing import configure_tracing
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -94,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
+        queue = getattr(args, "queue", None)
+        configure_tracing(f"fmhl-ops-worker-{queue}" if args.handler.__name__ == "cmd_worker" else "fmhl-ops")
         handler: Command = args.handler
         return handler(args, settings)
     except ConfigError as exc:

@@ -21,6 +21,7 @@ from shared.infra.config import Settings, load_settings
 from shared.infra.db import Database
 from shared.infra.metrics import Metrics
 from shared.infra.redis import create_redis
+from shared.infra.tracing import instrument_app
 
 ROUTE_MODULES = (health, metrics, auth, queues, dlq, queue_controls, live_jobs, audit)
 
@@ -70,4 +71,5 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.ops = state
+    instrument_app(app)  # OpenTelemetry server spans, only when tracing is on
     return app

@@ -14,6 +14,9 @@ hook is told that a failure is final. So this wrapper owns the policy:
   as failed;
 * cancellation (SIGTERM past ``job_completion_wait``) is not a failure: arq re-queues the job.
 
+At pickup of a later try it first asks ``worker.poison`` whether the job's earlier tries kept
+vanishing with their worker; if so the job is quarantined (DLQ reason ``poison``), not run.
+
 It also binds the job's correlation id to every log line the job writes, records the job
 metrics, and marks a *cancelled* try in Redis (so the silent path can tell ``max_tries_exceeded``
 from ``worker_lost``: a worker killed mid-job writes nothing, so no marker means lost).
@@ -29,6 +32,7 @@ from typing import Any
 
 import asyncpg
 import redis.exceptions
+from arq.typing import WorkerCoroutine
 from arq.worker import Function, Retry, func
 
 from shared.dlq.capture import capture
@@ -37,10 +41,13 @@ from shared.infra.errors import Busy, DependencyUnavailable
 from shared.infra.logs import log_event
 from shared.infra.metrics import Metrics
 from shared.infra.redis import cancelled_job_key
+from shared.infra.tracing import job_span, tracing_enabled
 from shared.jobs.policy import RetryPolicy
+from shared.jobs.queues import RETRY_OF_KWARG, TRACEPARENT_KWARG
 from shared.jobs.retry_trace import record_retry
 from worker.aborts import record_if_aborted
 from worker.failure_records import record_from_exception, safe_message, split_reserved_kwargs
+from worker.poison import at_end_of_try, at_pickup
 
 JobFunction = Callable[..., Awaitable[Any]]
 
@@ -84,7 +91,7 @@ def with_failure_policy(queue: str, name: str, policy: RetryPolicy, coroutine: J
     """Wrap ``coroutine(ctx, **kwargs)`` and return the arq ``Function`` to register."""
 
     @functools.wraps(coroutine)
-    async def run(ctx: dict[str, Any], *args: Any, **raw_kwargs: Any) -> Any:
+    async def run_job(ctx: dict[str, Any], *args: Any, **raw_kwargs: Any) -> Any:
         kwargs, correlation_id, retry_of = split_reserved_kwargs(raw_kwargs)
         token = bind_correlation_id(correlation_id or f"job:{ctx.get('job_id')}")
         metrics: Metrics | None = ctx.get("metrics")
@@ -92,7 +99,14 @@ def with_failure_policy(queue: str, name: str, policy: RetryPolicy, coroutine: J
         job_id = str(ctx.get("job_id"))
         job_try = int(ctx.get("job_try", 1))
         labels = {"queue": queue, "function": name}
+        pickup = await at_pickup(
+            ctx, queue=queue, function=name, args=args, raw_kwargs=raw_kwargs, max_tries=policy.max_tries
+        )
+        if pickup.poisoned is not None:  # not run: arq records the failure and never retries it
+            reset_correlation_id(token)
+            raise pickup.poisoned
         started = time.perf_counter()
+        retried = False  # this try ends in Retry or cancellation: the job goes on
         try:
             # asyncio.timeout, not wait_for: wait_for wraps every job in a task of its own (3.11)
             async with asyncio.timeout(policy.timeout_seconds):
@@ -109,7 +123,8 @@ def with_failure_policy(queue: str, name: str, policy: RetryPolicy, coroutine: J
                 job_try=job_try,
             )
             if not aborted:  # an operator's abort is recorded, not a lost or cancelled try
-                await _mark_cancelled(redis, job_id)
+                retried = True
+                await _mark_cancelled(redis, job_id, job_try)
             raise
         except Exception as exc:
             _observe(metrics, labels, started)
@@ -139,6 +154,7 @@ def with_failure_policy(queue: str, name: str, policy: RetryPolicy, coroutine: J
                     error_type=type(exc).__name__,
                     error_message=safe_message(exc),
                 )
+                retried = True
                 raise Retry(defer=delay) from exc
             reason = "exhausted" if transient else "permanent"
             if metrics is not None:
@@ -167,9 +183,35 @@ def with_failure_policy(queue: str, name: str, policy: RetryPolicy, coroutine: J
                 metrics.inc(metrics.queue_jobs_completed_total, labels)
             return result
         finally:
+            await at_end_of_try(redis, job_id, pickup, job_goes_on=retried)
             reset_correlation_id(token)
 
-    return func(run, name=name, max_tries=policy.max_tries, timeout=policy.arq_timeout_seconds)
+    return func(
+        _in_job_span(queue, name, run_job),
+        name=name,
+        max_tries=policy.max_tries,
+        timeout=policy.arq_timeout_seconds,
+    )
+
+
+def _in_job_span(queue: str, name: str, run_job: JobFunction) -> WorkerCoroutine:
+    """The job's run in its span when tracing is on (``shared.infra.tracing.job_span``)."""
+
+    @functools.wraps(run_job)
+    async def run(ctx: dict[str, Any], *args: Any, **raw_kwargs: Any) -> Any:
+        if not tracing_enabled():
+            return await run_job(ctx, *args, **raw_kwargs)
+        with job_span(
+            queue=queue,
+            function=name,
+            job_id=str(ctx.get("job_id")),
+            job_try=int(ctx.get("job_try", 1)),
+            traceparent=raw_kwargs.get(TRACEPARENT_KWARG),
+            redrive=RETRY_OF_KWARG in raw_kwargs,
+        ):
+            return await run_job(ctx, *args, **raw_kwargs)
+
+    return run
 
 
 def _observe(metrics: Metrics | None, labels: dict[str, str], started: float) -> None:
@@ -177,14 +219,15 @@ def _observe(metrics: Metrics | None, labels: dict[str, str], started: float) ->
         metrics.observe(metrics.queue_job_duration_seconds, time.perf_counter() - started, labels)
 
 
-async def _mark_cancelled(redis: Any, job_id: str) -> None:
+async def _mark_cancelled(redis: Any, job_id: str, job_try: int) -> None:
     """Remember that this try ended by cancellation (shutdown past ``job_completion_wait``, an
     abort), so the silent path can tell it from a worker that vanished mid-job: a killed worker
-    writes nothing, which is why the normal path needs no Redis round trip at all."""
+    writes nothing, which is why the normal path needs no Redis round trip at all. The value is the
+    try, so ``worker.poison`` can tell *which* try was cancelled."""
     if redis is None:
         return
     try:
         async with asyncio.timeout(CANCELLED_MARKER_TIMEOUT_SECONDS):
-            await redis.set(cancelled_job_key(job_id), "1", ex=CANCELLED_KEY_TTL_SECONDS)
+            await redis.set(cancelled_job_key(job_id), str(job_try), ex=CANCELLED_KEY_TTL_SECONDS)
     except Exception as exc:  # the marker only sharpens a DLQ reason; never fail the job for it
         log_event("WARNING", "job_cancelled_marker_failed", job_id=job_id, error_type=type(exc).__name__)

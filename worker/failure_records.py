@@ -46,7 +46,7 @@ from shared.dlq.content import (
 )
 from shared.dlq.fingerprint import fingerprint, top_app_frame
 from shared.infra.ids import parse_uuid
-from shared.jobs.queues import CORRELATION_KWARG, RETRY_OF_KWARG
+from shared.jobs.queues import CORRELATION_KWARG, RETRY_OF_KWARG, TRACEPARENT_KWARG
 
 MAX_CHAIN = 10
 MAX_FRAMES = 100
@@ -62,6 +62,7 @@ def split_reserved_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], str |
     clean = dict(kwargs)
     correlation_id = clean.pop(CORRELATION_KWARG, None)
     retry_of_raw = clean.pop(RETRY_OF_KWARG, None)
+    clean.pop(TRACEPARENT_KWARG, None)  # the trace travels again with a redrive's own context
     retry_of = parse_uuid(retry_of_raw) if isinstance(retry_of_raw, str) else None
     return clean, (str(correlation_id) if correlation_id else None), retry_of
 
@@ -278,7 +279,12 @@ SILENT_ERROR_TYPES = {
         "the worker running try {last_try} of {max_tries} stopped without finishing it (killed or crashed)",
     ),
     "permanent": ("JobNotRunnable", "arq could not run the job: {detail}"),
+    "poison": ("PoisonJob", "quarantined instead of running try {attempts} of {max_tries}: {detail}"),
 }
+
+
+# reasons whose last counted try never finished: attempts = the tries that actually ran
+UNFINISHED_LAST_TRY = ("worker_lost", "max_tries_exceeded", "poison")
 
 
 def record_from_silent_failure(
@@ -322,7 +328,7 @@ def record_from_silent_failure(
         message=message,
         stack_trace="",
         frame=f"arq:{reason}",
-        attempts=max(attempts - 1, 0) if reason in ("worker_lost", "max_tries_exceeded") else attempts,
+        attempts=max(attempts - 1, 0) if reason in UNFINISHED_LAST_TRY else attempts,
         reason=reason,
         enqueued_at=datetime.fromtimestamp(enqueue_ms / 1000, tz=UTC) if enqueue_ms else None,
         correlation_id=correlation_id,

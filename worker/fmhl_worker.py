@@ -29,6 +29,7 @@ from arq.cron import CronJob
 from arq.worker import Function
 
 from shared.dlq.capture import capture
+from shared.dlq.raw_preview import with_raw_preview
 from shared.dlq.spool import drain_spool
 from shared.infra.config import ConfigError, Settings
 from shared.infra.db import Database
@@ -43,6 +44,7 @@ from worker.idle_backoff import IdleBackoff
 from worker.job_claim import ClaimingWorker
 from worker.job_finish import FinishBatchingWorker
 from worker.live_jobs import LiveJobsWorker
+from worker.poison import initialise_metrics as initialise_poison_metrics
 from worker.queue_pause import PausableWorker
 from worker.shutdown import PollingStopped, StopRequest, cancel_until_done
 
@@ -206,6 +208,7 @@ class FmhlWorker(PausableWorker, LiveJobsWorker, ClaimingWorker, FinishBatchingW
     async def _on_startup(self, ctx: dict[str, Any]) -> None:
         ctx.setdefault("settings", self.settings)
         ctx.setdefault("metrics", self.metrics)
+        initialise_poison_metrics(self.metrics, self.queue_name, self.functions)
         if "db" not in ctx:
             db = Database(
                 self.settings, application_name=f"fmhl-ops-worker-{self.queue_name}", metrics=self.metrics
@@ -328,6 +331,8 @@ class FmhlWorker(PausableWorker, LiveJobsWorker, ClaimingWorker, FinishBatchingW
         record = record_from_silent_failure(
             queue=self.queue_name, job_id=job_id, result=result, reason=reason, max_tries=max_tries
         )
+        if reason == "permanent" and function_name == "<unknown>":  # no codec could read the body
+            record = await with_raw_preview(self.pool, job_id, record)
         if reason in ("worker_lost", "max_tries_exceeded"):
             self.metrics.inc(
                 self.metrics.queue_jobs_failed_total,

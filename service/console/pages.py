@@ -191,7 +191,13 @@ async def dlq_entry(request: Request, user: ConsoleUser) -> Response:
     return render(
         request,
         "entry.html",
-        {"entry": entry, "lineage": chain, "history": history, "notice": _notice(request)},
+        {
+            "entry": entry,
+            "lineage": chain,
+            "history": history,
+            "notice": _notice(request),
+            "trace_url": app_state(request).settings.trace_url(entry.trace_id),
+        },
         user=user,
     )
 

@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from service.contract import Call, NoBody, NoParams, operation
 from service.state import AppState
+from shared.dlq.failure_kinds import export_failure_kinds, read_failure_kinds
 from shared.dlq.rejects import rejected_count
 from shared.dlq.spool import spool_size
 from shared.infra.db import record_pool_gauges
@@ -36,6 +37,7 @@ async def refresh_scrape_gauges(state: AppState) -> None:
         export_queue_gauges(stats, state.metrics)
         state.metrics.set(state.metrics.dlq_spool_size, await spool_size(state.redis))
         state.metrics.set(state.metrics.dlq_spool_rejected, await rejected_count(state.redis))
+        export_failure_kinds(await read_failure_kinds(state.db.pool), state.metrics)
         state.queue_gauges_refreshed_at = now
     except Exception as exc:
         log_event("WARNING", "scrape_gauges_stale", error_type=type(exc).__name__)

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Self
 import orjson
 from msgspec import Meta
 
+from shared.dlq.failure_kinds import FailureKind
 from shared.dlq.reasons import DlqReason, Resolution
 from shared.infra.db import Conn, fetch, fetchrow
 from shared.infra.errors import Invalid, NotFound
@@ -85,7 +86,21 @@ class DlqEntryDetail(DlqEntry):
     resolution_note: str | None
     payload_omitted: Annotated[
         str | None,
-        Meta(description="why args/kwargs were not stored (too large, not JSON); not retryable then"),
+        Meta(
+            description="why args/kwargs were not stored (too large, not JSON, a job body no codec "
+            "could read); not retryable then"
+        ),
+    ]
+    raw_preview: Annotated[
+        str | None,
+        Meta(
+            description="a job body no codec could read (a foreign pickle, corrupt bytes): base64 of "
+            "its first 3,072 bytes (at most 4 KiB); never decoded"
+        ),
+    ]
+    trace_id: Annotated[
+        str | None,
+        Meta(description="the OpenTelemetry trace the failure was captured in (tracing on), 32 hex digits"),
     ]
 
 
@@ -99,6 +114,14 @@ class DlqGroup:
     count: int
     first_failed_at: UtcDatetime
     last_failed_at: UtcDatetime
+    kind: Annotated[
+        FailureKind | None,
+        Meta(
+            description="while the group has unresolved entries: 'new' (first seen) or 'regressed' "
+            "(failing again after all its entries were resolved); shared/dlq/failure_kinds.py"
+        ),
+    ] = None
+    kind_at: Annotated[UtcDatetime | None, Meta(description="when it became new or regressed")] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,10 +218,12 @@ async def list_entries(
 # failure as a whole (any state).
 GROUPS = """
 SELECT fingerprint, queue_name, function, error_type, sample_message, count,
-       first_failed_at, last_failed_at
+       first_failed_at, last_failed_at, kind, kind_at
 FROM (
     SELECT fingerprint, queue_name, function, error_type, sample_message,
            first_failed_at, last_failed_at,
+           CASE WHEN unresolved_count > 0 THEN kind END AS kind,
+           CASE WHEN unresolved_count > 0 THEN kind_at END AS kind_at,
            CASE WHEN $2::boolean IS NULL THEN unresolved_count + resolved_count
                 WHEN $2::boolean THEN resolved_count
                 ELSE unresolved_count END AS count
@@ -226,13 +251,16 @@ async def group_entries(
             count=int(row["count"]),
             first_failed_at=row["first_failed_at"],
             last_failed_at=row["last_failed_at"],
+            kind=row["kind"],
+            kind_at=row["kind_at"],
         )
         for row in rows
     ]
 
 
 GET_ENTRY = f"""
-SELECT {LIST_COLUMNS}, args, kwargs, stack_trace, resolution_note, payload_omitted
+SELECT {LIST_COLUMNS}, args, kwargs, stack_trace, resolution_note, payload_omitted, raw_preview,
+       trace_id
 FROM dead_letter_queue WHERE id = $1
 """
 

@@ -11,6 +11,7 @@ goes to the rejected list instead of the spool, where replaying it would only fa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,6 +28,7 @@ from shared.infra.jsonable import dataclass_to_dict
 from shared.infra.logs import log_event
 from shared.infra.metrics import Metrics
 from shared.infra.redis import DLQ_SPOOL_KEY, RedisClient
+from shared.infra.tracing import current_ids, traced
 
 CAPTURE_DB_TIMEOUT_SECONDS = 5.0
 CAPTURE_REDIS_TIMEOUT_SECONDS = 3.0
@@ -57,6 +59,10 @@ class FailureRecord:
     # shared.dlq.content: text and payload strings are in the escaped form; payload not stored, why
     content_escaped: bool = False
     payload_omitted: str | None = None
+    # shared.dlq.raw_preview: base64 of the first bytes of a job body no codec could read
+    raw_preview: str | None = None
+    # shared.infra.tracing: the trace of the span that captured it (32 hex digits), when tracing is on
+    trace_id: str | None = None
 
     def to_json(self) -> bytes:
         data = dataclass_to_dict(self)
@@ -79,6 +85,7 @@ async def _store(db: Database, record: FailureRecord) -> uuid.UUID | None:
     return await committer_for(db).store(record)
 
 
+@traced("dlq capture")
 async def capture(
     db: Database | None,
     redis: RedisClient | None,
@@ -90,6 +97,9 @@ async def capture(
     ``db`` is ``None`` in a process without a database, and ``db.pool`` raises while it is not
     connected yet; either sends the record to the spool with a plain "no database" reason.
     """
+    ids = current_ids()  # tracing on: the row keeps the trace it was captured in
+    if ids is not None and record.trace_id is None:
+        record = dataclasses.replace(record, trace_id=ids[0])
     try:
         if db is None:
             raise DependencyUnavailable("postgres", "no database in this process")

@@ -24,6 +24,7 @@ from shared.dlq.content import map_strings, unescape_text
 from shared.infra.db import Conn, execute, fetch, fetchrow
 from shared.infra.errors import Conflict, DependencyUnavailable, Invalid, NotFound
 from shared.infra.metrics import Metrics
+from shared.infra.tracing import traced
 from shared.jobs.enqueue import enqueue_call
 from shared.jobs.queues import ALL_QUEUES, RETRY_OF_KWARG
 
@@ -53,10 +54,10 @@ def retry_job_id(entry_id: uuid.UUID) -> str:
 
 def _original_call(row: Any) -> tuple[str, list[Any], dict[str, Any]]:
     """Function, args and kwargs as the job carried them (``shared.dlq.content``: unescaped)."""
+    if row["payload_omitted"] is not None:  # too large, not JSON, or a body no codec could read
+        raise Conflict(f"the job's arguments were not stored: {row['payload_omitted']}", code="not_retryable")
     if row["function"] == "<unknown>":
         raise Conflict("this entry has no job payload to replay (it expired in Redis)", code="not_retryable")
-    if row["payload_omitted"] is not None:
-        raise Conflict(f"the job's arguments were not stored: {row['payload_omitted']}", code="not_retryable")
     function, args, kwargs = row["function"], list(row["args"] or []), dict(row["kwargs"] or {})
     if row["content_escaped"]:
         function = unescape_text(function)
@@ -106,6 +107,7 @@ WHERE id = $1 AND resolved_at IS NULL
 """
 
 
+@traced("dlq redrive")
 async def retry_entry(
     pool: Any, redis: ArqRedis, metrics: Metrics | None, entry_id: uuid.UUID, actor: Actor
 ) -> str:
@@ -170,6 +172,7 @@ FOR UPDATE SKIP LOCKED
 """
 
 
+@traced("dlq redrive")
 async def bulk_retry(
     pool: Any,
     redis: ArqRedis,

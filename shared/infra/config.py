@@ -71,6 +71,17 @@ class Settings:
     # A console session unused this long is revoked (sign in again); SESSION_TTL_SECONDS stays
     # the absolute limit. The overview's 5 s auto-refresh does not count as use.
     console_idle_timeout_seconds: int = 1800
+    # A job whose tries vanished with their worker (SIGKILL, OOM, segfault) this many times is
+    # quarantined at its next pickup (DLQ reason ``poison``) instead of run again (worker/poison.py).
+    poison_after_lost_tries: int = 2
+    # The console's entry page links a DLQ row's trace id here, e.g. Grafana Tempo's
+    # "https://grafana.example/explore?...{trace_id}..." or Jaeger's "https://jaeger.example/trace/{trace_id}".
+    trace_url_template: str | None = None
+
+    def trace_url(self, trace_id: str | None) -> str | None:
+        if not trace_id or not self.trace_url_template:
+            return None
+        return self.trace_url_template.replace("{trace_id}", trace_id)
 
     def max_jobs_for(self, queue: str) -> int:
         return int(self.worker_queues.get(queue, {}).get("max_jobs", self.worker_max_jobs))
@@ -114,6 +125,19 @@ def _positive_int(raw: str) -> int:
 def _non_negative_int(raw: str) -> int:
     value = int(raw)
     if value < 0:
+        raise ValueError(raw)
+    return value
+
+
+def _trace_url_template(raw: str) -> str:
+    if "{trace_id}" not in raw or urlsplit(raw).scheme not in ("http", "https") or not urlsplit(raw).netloc:
+        raise ValueError(raw)
+    return raw
+
+
+def _lost_tries(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 100:
         raise ValueError(raw)
     return value
 
@@ -330,6 +354,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         console_idle_timeout_seconds=_parse(
             e, "CONSOLE_IDLE_TIMEOUT_SECONDS", _positive_int, "a positive integer of seconds", 1800
+        ),
+        trace_url_template=_parse(
+            e, "TRACE_URL_TEMPLATE", _trace_url_template, "an http(s) URL containing {trace_id}", None
+        ),
+        poison_after_lost_tries=_parse(
+            e, "POISON_AFTER_LOST_TRIES", _lost_tries, "an integer from 1 to 100", 2
         ),
         cron_schedules=_parse(
             e, "CRON_SCHEDULES", _cron_schedules, 'JSON like {"cleanup_dlq": {"hour": 1, "minute": 0}}', {}

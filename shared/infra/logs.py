@@ -24,6 +24,7 @@ from loguru import logger
 
 from shared.infra.correlation import current_correlation_id
 from shared.infra.timefmt import iso_utc
+from shared.infra.tracing import current_ids
 
 if TYPE_CHECKING:
     from loguru import Message, Record
@@ -82,6 +83,9 @@ def record_to_dict(record: Record) -> dict[str, Any]:
     if correlation_id:
         payload["correlation_id"] = correlation_id
         payload["request_id"] = extra.pop("request_id", None) or correlation_id
+    ids = current_ids()  # a line written inside a span carries its ids (None, at once, when tracing is off)
+    if ids is not None:
+        payload["trace_id"], payload["span_id"] = ids
     payload.update(_redact(extra))
     exc = record["exception"]
     if exc is not None and exc.type is not None:

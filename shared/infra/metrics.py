@@ -116,6 +116,21 @@ class Metrics:
             "fmhl_queue_paused", "1 while the queue is paused (its workers start no job), else 0.", registry=r
         )
         self.dlq_size = Gauge("fmhl_dlq_size", "Unresolved dead-letter entries, by queue.", registry=r)
+        self.jobs_quarantined_total = Counter(
+            "fmhl_jobs_quarantined_total",
+            "Poison jobs quarantined at pickup (their tries kept vanishing with their worker).",
+            registry=r,
+        )
+        self.dlq_failure_kinds_total = Counter(
+            "fmhl_dlq_failure_kinds_total",
+            "Failure groups seen for the first time (kind=new) or again after all were resolved (regressed).",
+            registry=r,
+        )
+        self.dlq_failure_kind_last_seen = Gauge(
+            "fmhl_dlq_failure_kind_last_seen_timestamp_seconds",
+            "When the latest new or regressed failure group of a queue was seen, with its fingerprint.",
+            registry=r,
+        )
         self.dlq_captured_total = Counter(
             "fmhl_dlq_captured_total", "Jobs captured into the dead-letter queue, by queue.", registry=r
         )
@@ -171,6 +186,18 @@ class Metrics:
     @staticmethod
     def set(gauge: Gauge, value: float, labels: Mapping[str, object] | None = None) -> None:
         gauge.set(_labels(labels or {}), value)
+
+    @staticmethod
+    def set_total(counter: Counter, value: float, labels: Mapping[str, object] | None = None) -> None:
+        """A counter whose total is kept elsewhere (a table) and read at scrape."""
+        counter.set(_labels(labels or {}), value)
+
+    @staticmethod
+    def replace_gauge(gauge: Gauge, samples: list[tuple[Mapping[str, object], float]]) -> None:
+        """Exactly these label sets (older ones dropped): for labels that change, like a fingerprint."""
+        gauge.values.clear()
+        for labels, value in samples:
+            gauge.set(_labels(labels), value)
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         """One HTTP request: the counter and the histogram (the hot path of every request).

@@ -13,7 +13,8 @@ Keys (all under ``fmhl:``; arq's own keys keep arq's names):
 | ``fmhl:dlq:spool:rejected`` | list of JSON | records Postgres refused (``shared.dlq.rejects``) |
 | ``fmhl:heartbeat:{queue}:{worker_id}`` | string (JSON), TTL | each worker |
 | ``fmhl:heartbeats`` | zset: heartbeat key → expiry (epoch s) | each worker (the index readers use) |
-| ``fmhl:job:cancelled:{job_id}`` | string, TTL 1 day | the failure decorator, when a try is cancelled |
+| ``fmhl:job:cancelled:{job_id}`` | string (the try), TTL 1 day | failure decorator, when a try is cancelled |
+| ``fmhl:job:lost_tries:{job_id}`` | integer, TTL 1 day | ``worker.poison``: tries that vanished |
 | ``fmhl:queue:paused:{queue}`` | string (JSON: by, reason, since), no TTL | ``shared.controls.pause`` |
 | ``fmhl:job:last_error:{job_id}`` | string (JSON: try, error), TTL 1 day | failure decorator, on ``Retry`` |
 | ``fmhl:retrying:{queue}`` | zset: job id → next attempt (epoch ms) | failure decorator, on ``Retry`` |
@@ -39,6 +40,7 @@ JOB_LAST_ERROR_KEY_PREFIX: Final = "fmhl:job:last_error:"
 RETRYING_INDEX_KEY_PREFIX: Final = "fmhl:retrying:"
 JOB_ABORT_KEY_PREFIX: Final = "fmhl:job:abort:"
 JOB_ENDED_KEY_PREFIX: Final = "fmhl:job:ended:"
+JOB_LOST_TRIES_KEY_PREFIX: Final = "fmhl:job:lost_tries:"
 RESULT_MESSAGE_LIMIT: Final = 8192
 
 
@@ -68,6 +70,10 @@ def job_abort_key(job_id: str) -> str:
 
 def job_ended_key(job_id: str) -> str:
     return f"{JOB_ENDED_KEY_PREFIX}{job_id}"
+
+
+def job_lost_tries_key(job_id: str) -> str:
+    return f"{JOB_LOST_TRIES_KEY_PREFIX}{job_id}"
 
 
 def _json_default(value: Any) -> Any:

@@ -15,8 +15,9 @@ from arq.connections import ArqRedis
 
 from shared.infra.correlation import current_correlation_id
 from shared.infra.metrics import Metrics
+from shared.infra.tracing import current_traceparent
 from shared.jobs.catalogue import queue_of
-from shared.jobs.queues import CORRELATION_KWARG
+from shared.jobs.queues import CORRELATION_KWARG, TRACEPARENT_KWARG
 
 
 class UnknownJobFunction(ValueError):
@@ -75,6 +76,9 @@ async def enqueue_call(
     cid = correlation_id or current_correlation_id()
     if cid:
         job_kwargs[CORRELATION_KWARG] = cid
+    traceparent = current_traceparent()
+    if traceparent:
+        job_kwargs[TRACEPARENT_KWARG] = traceparent
     job = await redis.enqueue_job(
         function,
         *args,

@@ -26,3 +26,6 @@ CORRELATION_KWARG: Final = "_correlation_id"
 # Reserved job kwarg set by a DLQ retry: the new job's own DLQ entry (if it fails again) points
 # back to the entry it was retried from.
 RETRY_OF_KWARG: Final = "_dlq_retry_of"
+# Reserved job kwarg carrying the enqueuer's W3C traceparent when tracing is on
+# (shared.infra.tracing): the job's run joins (first try) or links (retry, redrive) that trace.
+TRACEPARENT_KWARG: Final = "_traceparent"

@@ -51,7 +51,15 @@ LIST_FIELDS = {
     "retry_of",
     "content_escaped",
 }
-DETAIL_FIELDS = LIST_FIELDS | {"args", "kwargs", "stack_trace", "resolution_note", "payload_omitted"}
+DETAIL_FIELDS = LIST_FIELDS | {
+    "args",
+    "kwargs",
+    "stack_trace",
+    "resolution_note",
+    "payload_omitted",
+    "raw_preview",
+    "trace_id",
+}
 
 
 @dataclasses.dataclass
@@ -534,7 +542,10 @@ async def test_groups_count_unresolved_failures_by_fingerprint(api: Api) -> None
         "count",
         "first_failed_at",
         "last_failed_at",
+        "kind",
+        "kind_at",
     }
+    assert groups["fp-dist"]["kind"] == "new" and groups["fp-dist"]["kind_at"].endswith("Z")
     only_resolved = (await api.get(f"{BASE}/groups", params={"resolved": "true", "queue": EMAIL_SEND})).json()
     assert [(g["fingerprint"], g["count"]) for g in only_resolved["groups"]] == [("fp-bulk", 6)]
 

@@ -58,6 +58,11 @@ def test_values_are_parsed() -> None:
         ("DATABASE_DIRECT_URL", "mysql://x/y"),
         ("DB_STATEMENT_CACHE_SIZE", "-1"),
         ("DB_STATEMENT_CACHE_SIZE", "off"),
+        ("POISON_AFTER_LOST_TRIES", "0"),
+        ("POISON_AFTER_LOST_TRIES", "101"),
+        ("POISON_AFTER_LOST_TRIES", "two"),
+        ("TRACE_URL_TEMPLATE", "https://tempo.example/trace/"),
+        ("TRACE_URL_TEMPLATE", "javascript:alert({trace_id})"),
     ],
 )
 def test_bad_value_names_the_variable(name: str, value: str) -> None:
@@ -107,3 +112,16 @@ def test_migrations_use_the_direct_url_when_given() -> None:
     assert both.migration_database_url() == direct
     assert load_settings({}).db_statement_cache_size is None  # auto
     assert load_settings({"DB_STATEMENT_CACHE_SIZE": "0"}).db_statement_cache_size == 0
+
+
+def test_poison_after_lost_tries_defaults_to_two() -> None:
+    assert load_settings({}).poison_after_lost_tries == 2
+    assert load_settings({"POISON_AFTER_LOST_TRIES": "3"}).poison_after_lost_tries == 3
+
+
+def test_trace_url_template_links_a_trace_id() -> None:
+    settings = load_settings({"TRACE_URL_TEMPLATE": "https://jaeger.example/trace/{trace_id}"})
+    assert settings.trace_url("0af7651916cd43dd8448eb211c80319c") == (
+        "https://jaeger.example/trace/0af7651916cd43dd8448eb211c80319c"
+    )
+    assert settings.trace_url(None) is None and load_settings({}).trace_url("ab" * 16) is None
