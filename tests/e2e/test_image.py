@@ -31,7 +31,11 @@ from tests.procs import Proc, wait_http
 REPO = Path(__file__).resolve().parents[2]
 TAG = "localhost/fmhl-ops:test"
 
-pytestmark = pytest.mark.skipif(image.missing_tools() is not None, reason=str(image.missing_tools()))
+# The first run makes the base (debootstrap) and installs every dependency: minutes, not 120 s.
+pytestmark = [
+    pytest.mark.skipif(image.missing_tools() is not None, reason=str(image.missing_tools())),
+    pytest.mark.timeout(900),
+]
 
 
 @pytest.fixture(scope="module")
