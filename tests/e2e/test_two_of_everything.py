@@ -168,6 +168,8 @@ async def test_two_of_everything_share_sessions_lockout_cron_ticks_and_dlq_retri
         )
         assert sorted(r.status_code for r in retries) == [202, 409], [r.text for r in retries]
         accepted = next(r for r in retries if r.status_code == 202).json()
+        refused = next(r for r in retries if r.status_code == 409).json()
+        assert refused["error"]["code"] == "already_resolved", refused
         await _wait_for(
             lambda: clean_db.fetchval("SELECT count(*) FROM dead_letter_queue WHERE retry_of = $1", entry_id),
             60,
