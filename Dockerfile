@@ -4,10 +4,15 @@
 #   docker run --rm --env-file .env -e WORKER_METRICS_PORT=9100 fmhl-ops worker distribute_lead
 #   docker run --rm --env-file .env fmhl-ops migrate
 # Build: docker build -t fmhl-ops:dev .
+# PYTHON_BASE: the official image by default; tests/e2e/test_image.py builds on a Debian 12 stand-in
+# made with debootstrap (python3 3.11.2 at /usr/bin, `python` linked in /usr/local/bin) where no
+# registry is reachable. Any base must be Debian-like: python with venv, groupadd/useradd.
 # No HEALTHCHECK: Kubernetes probes check each role on its own port (see k8s/).
 
+ARG PYTHON_BASE=python:3.11.10-slim-bookworm
+
 # ---- build: dependencies and the package into a virtualenv ------------------------------------
-FROM python:3.11.10-slim-bookworm AS build
+FROM ${PYTHON_BASE} AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -38,7 +43,7 @@ RUN pip install --no-deps --no-build-isolation . \
     && python -m compileall -q /opt/venv/lib
 
 # ---- runtime: the virtualenv and the migrations, nothing else ---------------------------------
-FROM python:3.11.10-slim-bookworm AS runtime
+FROM ${PYTHON_BASE} AS runtime
 
 LABEL org.opencontainers.image.title="fmhl-ops" \
       org.opencontainers.image.description="fmhl-ops service, workers and migrations" \

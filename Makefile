@@ -26,9 +26,11 @@ run: $(VENV)/.embedded
 # Debian packages the tests drive for real: promtool + Prometheus server (prometheus), amtool +
 # Alertmanager (prometheus-alertmanager), redis_exporter for the dashboard's Redis panels
 # (prometheus-redis-exporter), a browser (chromium), a load generator (wrk) and PgBouncer in front
-# of Postgres (pgbouncer: tests/integration/test_pgbouncer.py, TEST_VIA_PGBOUNCER=1).
+# of Postgres (pgbouncer: tests/integration/test_pgbouncer.py, TEST_VIA_PGBOUNCER=1), and the image
+# builder with what makes its stand-in base (buildah, debootstrap: tests/e2e/test_image.py, ~20 s
+# once the base and the dependency layer are cached, ~2-3 min the first time).
 # Installed only when a command is missing (CI runs as root; elsewhere sudo is used).
-DEB_TOOLS := promtool:prometheus amtool:prometheus-alertmanager prometheus-alertmanager:prometheus-alertmanager prometheus-redis-exporter:prometheus-redis-exporter chromium:chromium wrk:wrk pgbouncer:pgbouncer
+DEB_TOOLS := promtool:prometheus amtool:prometheus-alertmanager prometheus-alertmanager:prometheus-alertmanager prometheus-redis-exporter:prometheus-redis-exporter chromium:chromium wrk:wrk pgbouncer:pgbouncer buildah:buildah debootstrap:debootstrap
 tools:
 	@missing=""; for pair in $(DEB_TOOLS); do cmd=$${pair%%:*}; pkg=$${pair#*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \

@@ -59,12 +59,26 @@ def instructions() -> list[Instruction]:
     return result
 
 
+def base_args() -> dict[str, str]:
+    """``ARG NAME=default`` lines before the first FROM (the base image is one: PYTHON_BASE)."""
+    found: dict[str, str] = {}
+    for instruction in instructions():
+        if instruction.keyword == "FROM":
+            break
+        assert instruction.keyword == "ARG", f"only ARG may come before the first FROM: {instruction}"
+        name, sep, default = instruction.args.partition("=")
+        assert sep and default, f"ARG {name} before FROM needs a default (a plain build uses it)"
+        found[name] = default
+    return found
+
+
 def stages() -> list[list[Instruction]]:
     found: list[list[Instruction]] = []
     for instruction in instructions():
         if instruction.keyword == "FROM":
             found.append([])
-        assert found, "instructions before the first FROM (only ARG may be there, and none is used)"
+        elif not found:
+            continue  # the ARGs before the first FROM: base_args()
         found[-1].append(instruction)
     return found
 
@@ -80,8 +94,9 @@ def args_of(stage: list[Instruction], keyword: str) -> list[str]:
 def test_multi_stage_with_a_pinned_slim_python_311_base() -> None:
     all_stages = stages()
     assert len(all_stages) >= 2
+    defaults = base_args()
     for stage in all_stages:
-        image = stage[0].args.split()[0]
+        image = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], stage[0].args.split()[0])
         assert PINNED_BASE.fullmatch(image), f"base image not pinned to a 3.11.x slim release: {image}"
     assert re.fullmatch(r"\S+ AS build", all_stages[0][0].args)
 
