@@ -15,14 +15,14 @@ from service.console.app import ConsoleDispatch, build_console
 from service.contract import Operation
 from service.errors import EXCEPTION_HANDLERS
 from service.middleware import RequestContextMiddleware
-from service.routes import audit, auth, dlq, health, metrics, queues
+from service.routes import audit, auth, dlq, health, metrics, queues, redrives
 from service.state import AppState
 from shared.infra.config import Settings, load_settings
 from shared.infra.db import Database
 from shared.infra.metrics import Metrics
 from shared.infra.redis import create_redis
 
-ROUTE_MODULES = (health, metrics, auth, queues, dlq, audit)
+ROUTE_MODULES = (health, metrics, auth, queues, dlq, audit, redrives)
 
 
 def api_operations() -> list[Operation[Any, Any, Any]]:

@@ -116,9 +116,19 @@ async def retry_entry(
             raise NotFound(f"no DLQ entry {entry_id}")
         if row["resolved_at"] is not None:
             raise Conflict("this DLQ entry is already resolved", code="already_resolved")
-        job_id = await _enqueue_replay(redis, metrics, row)
-        await execute(conn, "dlq_mark_retried", MARK_RETRIED, entry_id, actor.name, job_id)
-        await _audit(conn, actor, "dlq.retry", entry_id, {"job_id": job_id, "function": row["function"]})
+        return await replay_locked(conn, redis, metrics, row, actor, {"function": row["function"]})
+
+
+async def replay_locked(
+    conn: Conn, redis: ArqRedis, metrics: Metrics | None, row: Any, actor: Actor, metadata: dict[str, Any]
+) -> str:
+    """Enqueue the replay of an unresolved entry whose row ``conn``'s transaction has locked
+    (columns of ``LOCK_ONE``), mark it retried and audit it; returns the job id. The caller owns
+    the transaction and has checked ``resolved_at IS NULL``. Raises ``Conflict`` (not_retryable)
+    for an entry without a payload to replay, ``DependencyUnavailable`` when Redis is down."""
+    job_id = await _enqueue_replay(redis, metrics, row)
+    await execute(conn, "dlq_mark_retried", MARK_RETRIED, row["id"], actor.name, job_id)
+    await _audit(conn, actor, "dlq.retry", row["id"], {"job_id": job_id, **metadata})
     return job_id
 
 
