@@ -20,7 +20,7 @@ class Throttle:
         self.next_at = max(self.next_at, now - self.interval)
         if self.next_at > now + horizon:
             return 0
-        return int((now + horizon - self.next_at) / self.interval) + 1
+        return int((now + horizon - self.next_at) / self.interval + 1e-9) + 1
 
     def take(self) -> float:
         """Reserve the next slot; returns when it is due (the caller sleeps until then)."""
