@@ -54,3 +54,5 @@ CREATE TABLE redrive_task_items (
 );
 CREATE INDEX redrive_task_items_open_idx ON redrive_task_items (task_id, state, seq)
     WHERE state IN ('pending', 'sent');
+-- "is this entry already waiting in a live task?" (shared.redrive_tasks.selection)
+CREATE INDEX redrive_task_items_pending_entry_idx ON redrive_task_items (dlq_entry_id) WHERE state = 'pending';

@@ -79,6 +79,8 @@ class TaskSpec:
     filter: SelectionFilter | None = None
     breaker_min_outcomes: int = DEFAULT_BREAKER_MIN_OUTCOMES
     breaker_threshold: float = DEFAULT_BREAKER_THRESHOLD
+    limit: int | None = None  # at most this many entries, oldest failure first
+    via: str | None = None  # the action that asked for it, for the audit (e.g. dlq.bulk_retry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,8 @@ def validate(spec: TaskSpec) -> None:
         raise Invalid("breaker_threshold must be > 0 and at most 1")
     if not 1 <= len(spec.name) <= 200 or len(spec.reason) > 2000:
         raise Invalid("name must hold 1 to 200 characters, reason at most 2000")
+    if spec.limit is not None and spec.limit < 1:
+        raise Invalid("max must be at least 1")
     if spec.ids is not None and not 1 <= len(spec.ids) <= MAX_IDS:
         raise Invalid(f"ids must hold 1 to {MAX_IDS} entries")
     if spec.filter is not None:
@@ -128,20 +132,28 @@ def _validate_filter(f: SelectionFilter) -> None:
             raise Invalid(f"{key} must carry a time zone")
 
 
-# Only what a retry can replay (shared.dlq.redrive: no '<unknown>' function, no omitted payload).
+# Only what a retry can replay (shared.dlq.redrive: no '<unknown>' function, no omitted payload),
+# and not waiting in another live task already (an entry is never frozen into two tasks at once;
+# creations are serialized by CREATION_LOCK so two concurrent creations take disjoint entries).
 # One constant query for every filter: an absent field is NULL and matches everything.
 ELIGIBLE = """
-    resolved_at IS NULL AND function <> '<unknown>' AND payload_omitted IS NULL
-    AND ($1::uuid[] IS NULL OR id = ANY($1::uuid[]))
-    AND ($2::text IS NULL OR queue_name = $2) AND ($3::text IS NULL OR fingerprint = $3)
-    AND ($4::text IS NULL OR function = $4) AND ($5::text IS NULL OR error_type = $5)
-    AND ($6::timestamptz IS NULL OR failed_at >= $6) AND ($7::timestamptz IS NULL OR failed_at < $7)
+    d.resolved_at IS NULL AND d.function <> '<unknown>' AND d.payload_omitted IS NULL
+    AND ($1::uuid[] IS NULL OR d.id = ANY($1::uuid[]))
+    AND ($2::text IS NULL OR d.queue_name = $2) AND ($3::text IS NULL OR d.fingerprint = $3)
+    AND ($4::text IS NULL OR d.function = $4) AND ($5::text IS NULL OR d.error_type = $5)
+    AND ($6::timestamptz IS NULL OR d.failed_at >= $6) AND ($7::timestamptz IS NULL OR d.failed_at < $7)
+    AND NOT EXISTS (
+        SELECT 1 FROM redrive_task_items AS i JOIN redrive_tasks AS t ON t.id = i.task_id
+        WHERE i.dlq_entry_id = d.id AND i.state = 'pending'
+          AND t.state IN ('pending', 'running', 'paused', 'tripped'))
 """
-COUNT_SELECTION = f"SELECT count(*) FROM dead_letter_queue WHERE {ELIGIBLE}"
-SAMPLE_SELECTION = f"""
-SELECT id, queue_name, function, error_type, failed_at FROM dead_letter_queue WHERE {ELIGIBLE}
-ORDER BY failed_at, id LIMIT {SAMPLE_SIZE}
+PICKED = f"""
+SELECT d.id, d.queue_name, d.function, d.error_type, d.failed_at FROM dead_letter_queue AS d
+WHERE {ELIGIBLE} ORDER BY d.failed_at, d.id LIMIT $8
 """
+COUNT_SELECTION = f"SELECT count(*) FROM ({PICKED}) AS picked"
+SAMPLE_SELECTION = f"SELECT * FROM ({PICKED}) AS picked ORDER BY failed_at, id LIMIT {SAMPLE_SIZE}"
+CREATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('fmhl_redrive_task_create'))"
 INSERT_TASK = f"""
 INSERT INTO redrive_tasks (id, name, reason, selection, rate_per_second, max_in_flight,
                            breaker_min_outcomes, breaker_threshold, total, created_by)
@@ -150,8 +162,7 @@ RETURNING {TASK_COLUMNS}
 """
 FREEZE_SELECTION = f"""
 INSERT INTO redrive_task_items (task_id, seq, dlq_entry_id, queue_name)
-SELECT $8, row_number() OVER (ORDER BY failed_at, id), id, queue_name
-FROM dead_letter_queue WHERE {ELIGIBLE}
+SELECT $9, row_number() OVER (ORDER BY failed_at, id), id, queue_name FROM ({PICKED}) AS picked
 """
 SET_TOTAL = f"UPDATE redrive_tasks SET total = $2 WHERE id = $1 RETURNING {TASK_COLUMNS}"
 
@@ -159,7 +170,7 @@ SET_TOTAL = f"UPDATE redrive_tasks SET total = $2 WHERE id = $1 RETURNING {TASK_
 def _selection_args(spec: TaskSpec) -> tuple[Any, ...]:
     f = spec.filter or SelectionFilter()
     ids = list(spec.ids) if spec.ids is not None else None
-    return (ids, f.queue, f.fingerprint, f.function, f.error_type, f.failed_from, f.failed_to)
+    return (ids, f.queue, f.fingerprint, f.function, f.error_type, f.failed_from, f.failed_to, spec.limit)
 
 
 async def dry_run(conn: Conn, spec: TaskSpec) -> DryRun:
@@ -174,10 +185,11 @@ async def dry_run(conn: Conn, spec: TaskSpec) -> DryRun:
 
 
 def _selection_json(spec: TaskSpec) -> dict[str, Any]:
+    limit = {} if spec.limit is None else {"max": spec.limit}
     if spec.ids is not None:
-        return {"ids": len(spec.ids)}
+        return {"ids": len(spec.ids), **limit}
     assert spec.filter is not None
-    return {"filter": spec.filter.as_json()}
+    return {"filter": spec.filter.as_json(), **limit}
 
 
 async def create_task(pool: Any, spec: TaskSpec, actor: Actor) -> RedriveTask:
@@ -186,6 +198,7 @@ async def create_task(pool: Any, spec: TaskSpec, actor: Actor) -> RedriveTask:
     validate(spec)
     task_id = uuid.uuid4()
     async with pool.acquire() as conn, conn.transaction():
+        await execute(conn, "redrive_creation_lock", CREATION_LOCK)
         await fetchrow(
             conn,
             "redrive_insert_task",
@@ -224,6 +237,17 @@ async def create_task(pool: Any, spec: TaskSpec, actor: Actor) -> RedriveTask:
                 "total": total,
                 "rate_per_second": spec.rate_per_second,
                 "max_in_flight": spec.max_in_flight,
+                "via": spec.via,
             },
         )
     return RedriveTask.from_row(row)
+
+
+ITEM_JOB_IDS = """
+SELECT 'dlq-retry:' || dlq_entry_id AS job_id FROM redrive_task_items WHERE task_id = $1 ORDER BY seq LIMIT $2
+"""
+
+
+async def item_job_ids(conn: Conn, task_id: uuid.UUID, limit: int) -> list[str]:
+    """The job id each frozen entry runs under when sent (``shared.dlq.redrive.retry_job_id``)."""
+    return [r["job_id"] for r in await fetch(conn, "redrive_item_job_ids", ITEM_JOB_IDS, task_id, limit)]
