@@ -397,3 +397,52 @@ async def test_two_executors_racing_one_drives_and_a_stale_holder_is_fenced(api:
     assert (
         await api.pool.fetchval("SELECT count(*) FROM dead_letter_queue WHERE resolved_at IS NOT NULL") == 0
     )
+
+
+# --- fmhl-ops redrive as a process -------------------------------------------------------------
+
+
+async def test_cli_creates_lists_shows_and_acts_with_one_line_errors(
+    clean_db: Any, redis: Any, database_url: str, redis_url: str
+) -> None:
+    from tests.integration.test_queue_pause import _fmhl_ops, _one_line_error, _printed
+
+    await entries(clean_db, 4)
+    flt = '{"queue": "email_send", "fingerprint": "fp-a"}'
+    dry = await _fmhl_ops(
+        ["redrive", "create", "--name", "x", "--filter", flt, "--dry-run"], database_url, redis_url
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert _printed(dry)[0] == "4 entries would be redriven" and len(_printed(dry)) == 5
+    made = await _fmhl_ops(
+        ["redrive", "create", "--name", "smtp", "--filter", flt, "--rate", "5", "--reason", "back"],
+        database_url,
+        redis_url,
+    )
+    assert made.returncode == 0, made.stderr
+    task_id, state = _printed(made)[0].split("\t")[:2]
+    assert state == "pending" and "sent 0/4" in _printed(made)[0] and "of 5/s" in _printed(made)[0]
+    listed = await _fmhl_ops(["redrive", "list"], database_url, redis_url)
+    assert _printed(listed)[0].startswith(task_id)
+    paused = await _fmhl_ops(["redrive", "pause", task_id], database_url, redis_url)
+    assert _printed(paused)[0].split("\t")[1].startswith("paused")
+    assert "cannot pause" in _one_line_error(
+        await _fmhl_ops(["redrive", "pause", task_id], database_url, redis_url)
+    )
+    shown = await _fmhl_ops(["redrive", "show", task_id], database_url, redis_url)
+    assert "remaining 4" in _printed(shown)[0]
+    assert "unknown filter field" in _one_line_error(
+        await _fmhl_ops(
+            ["redrive", "create", "--name", "x", "--filter", '{"colour": 1}'], database_url, redis_url
+        )
+    )
+    assert "rate_per_second" in _one_line_error(
+        await _fmhl_ops(
+            ["redrive", "create", "--name", "x", "--filter", flt, "--rate", "0"], database_url, redis_url
+        )
+    )
+    actors = await clean_db.fetch(
+        "SELECT actor, action FROM audit_log WHERE action LIKE 'redrive.%' ORDER BY id"
+    )
+    assert [r["action"] for r in actors] == ["redrive.create", "redrive.pause"]
+    assert all(r["actor"].startswith("cli:") for r in actors)
