@@ -26,7 +26,15 @@ from typing import Any
 import asyncpg
 import orjson
 
-from bench import cleanup_case, http_cases, live_jobs_case, metrics_case, reconcile, worker_cases
+from bench import (
+    cleanup_case,
+    http_cases,
+    live_jobs_case,
+    metrics_case,
+    reconcile,
+    redrive_case,
+    worker_cases,
+)
 from bench.common import (
     CONSOLE,
     Backends,
@@ -92,6 +100,7 @@ CASES: dict[str, tuple[Case, bool]] = {
     "console": (_console, True),
     "cleanup": (cleanup_case.cleanup_case, False),
     "reconcile": (reconcile.reconcile_case, False),
+    "redrive": (redrive_case.redrive_case, False),
 }
 DEFAULT_CASES: dict[str, tuple[str, ...]] = {"10m": ("api",)}
 
