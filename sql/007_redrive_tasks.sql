@@ -40,7 +40,10 @@ CREATE INDEX redrive_tasks_live_idx ON redrive_tasks (created_at)
     WHERE state IN ('pending', 'running', 'paused', 'tripped', 'cancelled');
 
 CREATE TABLE redrive_task_items (
-    task_id      uuid NOT NULL REFERENCES redrive_tasks (id) ON DELETE CASCADE,
+    -- no foreign key to redrive_tasks: creating a task writes up to 100,000s of items in one
+    -- statement, and a per-row RI check was a third of its time; items are written only by
+    -- shared.redrive_tasks, in the transaction that creates their task (tasks are never deleted)
+    task_id      uuid NOT NULL,
     seq          integer NOT NULL,
     -- no foreign key: cleanup_dlq may prune an old resolved entry; the item keeps its history
     dlq_entry_id uuid NOT NULL,

@@ -12,6 +12,7 @@ Every state change writes an audit row in the same transaction.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from arq.connections import ArqRedis
 from shared import audit
 from shared.dlq.browse import DlqEntryDetail, get_entry
 from shared.dlq.content import map_strings, unescape_text
+from shared.infra.correlation import current_correlation_id
 from shared.infra.db import Conn, execute, fetch, fetchrow
 from shared.infra.errors import Conflict, DependencyUnavailable, Invalid, NotFound
 from shared.infra.metrics import Metrics
@@ -123,6 +125,43 @@ async def replay_locked(
     await execute(conn, "dlq_mark_retried", MARK_RETRIED, row["id"], actor.name, job_id)
     await _audit(conn, actor, "dlq.retry", row["id"], {"job_id": job_id, **metadata})
     return job_id
+
+
+MARK_MANY_RETRIED = """
+UPDATE dead_letter_queue
+SET resolved_at = now(), resolved_by = $2, resolution = 'retried', retry_job_id = 'dlq-retry:' || id::text
+WHERE id = ANY($1::uuid[]) AND resolved_at IS NULL
+"""
+AUDIT_MANY_RETRIED = """
+INSERT INTO audit_log (actor, action, target_type, target_id, metadata, request_id)
+SELECT $2, 'dlq.retry', 'dlq_entry', e.id::text,
+       $3::jsonb || jsonb_build_object('job_id', 'dlq-retry:' || e.id::text), $4
+FROM unnest($1::uuid[]) AS e(id)
+"""
+
+
+async def enqueue_replay_locked(redis: ArqRedis, metrics: Metrics | None, row: Any) -> str:
+    """The enqueue half of ``replay_locked``, for a caller that marks many entries at once with
+    ``mark_replayed``: the row is locked and unresolved in the caller's transaction."""
+    return await _enqueue_replay(redis, metrics, row)
+
+
+async def mark_replayed(
+    conn: Conn, entry_ids: Sequence[uuid.UUID], actor: Actor, metadata: dict[str, Any]
+) -> None:
+    """``replay_locked``'s marking half for many entries enqueued by ``enqueue_replay_locked``: each
+    resolved ``retried`` with its job id and audited (``dlq.retry``), in two statements."""
+    ids = list(entry_ids)
+    await execute(conn, "dlq_mark_many_retried", MARK_MANY_RETRIED, ids, actor.name)
+    await execute(
+        conn,
+        "dlq_audit_many_retried",
+        AUDIT_MANY_RETRIED,
+        ids,
+        actor.name,
+        metadata,
+        current_correlation_id(),
+    )
 
 
 RESOLVE = """

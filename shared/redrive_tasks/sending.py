@@ -4,11 +4,13 @@ In one transaction: the fenced ``UPDATE`` of the task (lease still ours, state `
 pause or cancel committed before this point stops the batch), then the next ``pending`` items
 (queues paused by issue 18 left out), their DLQ rows locked (``FOR NO KEY UPDATE``: a worker
 capturing a failed retry may still insert a row pointing here), and each still-unresolved entry
-goes through ``shared.dlq.redrive.replay_locked``: the deterministic job id ``dlq-retry:<id>``,
-``retry_of`` lineage, the entry marked retried and audited. If the process dies after an enqueue
-and before the commit, nothing is marked: the next holder enqueues the same job id and arq
-refuses the duplicate. An entry resolved meanwhile (by hand, a single retry, another task) or
-pruned is ``skipped``. Each send waits for its throttle slot (``shared.redrive_tasks.throttle``).
+goes through the single retry's code (``shared.dlq.redrive``: ``enqueue_replay_locked`` per entry,
+then ``mark_replayed`` for the batch in two statements): the deterministic job id
+``dlq-retry:<id>``, ``retry_of`` lineage, the entry marked retried and audited (``dlq.retry``).
+If the process dies after an enqueue and before the commit, nothing is marked: the next holder
+enqueues the same job id and arq refuses the duplicate. An entry resolved meanwhile (by hand, a
+single retry, another task) or pruned is ``skipped``. Each send waits for its throttle slot
+(``shared.redrive_tasks.throttle``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
-from shared.dlq.redrive import Actor, replay_locked
+from shared.dlq.redrive import Actor, enqueue_replay_locked, mark_replayed
 from shared.infra.db import execute, fetch, fetchrow
 from shared.infra.errors import Conflict
 from shared.infra.metrics import Metrics
@@ -90,6 +92,7 @@ async def send_batch(
         result = BatchResult(running=True)
         sent_seqs: list[int] = []
         sent_jobs: list[str] = []
+        sent_entries: list[Any] = []
         skipped: list[int] = []
         for item in items:
             row = by_id.get(item["dlq_entry_id"])
@@ -101,17 +104,17 @@ async def send_batch(
             if delay > 0:
                 await asyncio.sleep(delay)
             try:
-                job_id = await replay_locked(
-                    conn, redis, metrics, row, actor, {"redrive_task_id": str(lease.task_id)}
-                )
+                job_id = await enqueue_replay_locked(redis, metrics, row)
             except Conflict:  # no payload to replay after all: leave it for a human
                 skipped.append(item["seq"])
                 _count(result, item["queue_name"], "skipped")
                 continue
             sent_seqs.append(item["seq"])
             sent_jobs.append(job_id)
+            sent_entries.append(row["id"])
             _count(result, item["queue_name"], "sent")
         if sent_seqs:
+            await mark_replayed(conn, sent_entries, actor, {"redrive_task_id": str(lease.task_id)})
             await execute(conn, "redrive_mark_sent", MARK_SENT, lease.task_id, sent_seqs, sent_jobs)
         if skipped:
             await execute(conn, "redrive_mark_skipped", MARK_SKIPPED, lease.task_id, skipped)

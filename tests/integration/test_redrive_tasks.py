@@ -126,6 +126,17 @@ async def test_dry_run_counts_and_samples_and_creation_freezes_the_selection(api
     assert len(audit) == 1 and audit[0]["target_id"] == task["id"]
 
 
+async def test_an_entry_waits_in_one_live_task_at_most(api: Api) -> None:
+    await entries(api.pool, 3)
+    first = (await api.post(BASE, {"name": "a", "filter": {"fingerprint": "fp-a"}})).json()
+    assert_error(
+        await api.post(BASE, {"name": "b", "filter": {"fingerprint": "fp-a"}}), 400, "empty_selection"
+    )
+    await api.post(f"{BASE}/{first['id']}/cancel")  # a cancelled task lets its entries go
+    again = await api.post(BASE, {"name": "c", "filter": {"fingerprint": "fp-a"}})
+    assert again.status_code == 201 and again.json()["total"] == 3
+
+
 async def test_by_ids_takes_only_the_unresolved_replayable_ones(api: Api) -> None:
     ids = await entries(api.pool, 3)
     resolved = await create_dlq_entry(api.pool, resolved_at=time_now())
@@ -199,9 +210,10 @@ async def test_state_changes_refuse_the_wrong_state_and_concurrent_submits_have_
 
 
 async def test_list_pages_by_keyset(api: Api) -> None:
-    await entries(api.pool, 1)
+    for i in range(3):
+        await entries(api.pool, 1, fingerprint=f"fp-{i}")
     ids = [
-        (await api.post(BASE, {"name": f"t{i}", "filter": {"fingerprint": "fp-a"}})).json()["id"]
+        (await api.post(BASE, {"name": f"t{i}", "filter": {"fingerprint": f"fp-{i}"}})).json()["id"]
         for i in range(3)
     ]
     first = (await api.get(BASE, limit=2)).json()
