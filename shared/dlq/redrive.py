@@ -26,7 +26,7 @@ from shared.infra.correlation import current_correlation_id
 from shared.infra.db import Conn, execute, fetch, fetchrow
 from shared.infra.errors import Conflict, DependencyUnavailable, Invalid, NotFound
 from shared.infra.metrics import Metrics
-from shared.jobs.enqueue import enqueue_call
+from shared.jobs.enqueue_once import enqueue_unique
 from shared.jobs.queues import ALL_QUEUES, RETRY_OF_KWARG
 
 MAX_BULK = 1000
@@ -70,7 +70,8 @@ async def _enqueue_replay(redis: ArqRedis, metrics: Metrics | None, row: Any) ->
     kwargs = original_kwargs | {RETRY_OF_KWARG: str(row["id"])}
     job_id = retry_job_id(row["id"])
     try:
-        await enqueue_call(
+        # one round trip, refused (None) when the job id exists: arq's de-duplication, atomically
+        await enqueue_unique(
             redis,
             function,
             args=args,

@@ -33,7 +33,7 @@ from shared.redrive_tasks.throttle import Throttle
 CLAIM_POLL_SECONDS = 1.0
 OUTCOME_POLL_SECONDS = 0.25
 # A batch covers the slots due within this horizon (each send still waits for its own slot).
-BATCH_HORIZON_SECONDS = 0.1
+BATCH_HORIZON_SECONDS = 0.5
 IDLE_SLEEP_SECONDS = 0.2
 MAX_BATCH = 500
 QUEUES_REFRESH_SECONDS = 5.0
