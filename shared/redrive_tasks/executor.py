@@ -1,9 +1,10 @@
 """The redrive executor: claims tasks (``lease``) and drives each until it ends or is let go.
 
-One driver per claimed task, at most ``max_tasks`` per executor. A driver's round: count the
-outcomes in (renews the lease; may trip or complete the task), then, while the task is
-``running``, send what the throttle allows within ``max_in_flight`` unfinished jobs, leaving out
-items of queues paused in Redis (issue 18: a paused queue pauses its tasks). A paused, tripped or
+One driver per claimed task, at most ``max_tasks`` per executor, made of two loops side by side:
+one counts the outcomes in every 0.25 s (renews the lease; may trip or complete the task), the
+other, while the task is ``running``, sends what the throttle allows within ``max_in_flight``
+unfinished jobs (checked in each batch's transaction), leaving out items of queues paused in
+Redis (issue 18: a paused queue pauses its tasks). A paused, tripped or
 cancelled task keeps its driver only while jobs are in flight (their outcomes still count).
 The executor runs in the worker tier (``worker/redrive.py``: inside ``fmhl-ops worker scheduler``);
 nothing here is HTTP. Stopping releases the leases, so a deploy hands tasks over at once.
@@ -17,6 +18,7 @@ import os
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -26,17 +28,32 @@ from shared.infra.metrics import Metrics
 from shared.jobs.pause_state import read_pauses
 from shared.redrive_tasks.control import pending_queues
 from shared.redrive_tasks.lease import DEFAULT_LEASE_SECONDS, Lease, claim, release
-from shared.redrive_tasks.outcomes import collect
+from shared.redrive_tasks.outcomes import Snapshot, collect
 from shared.redrive_tasks.sending import send_batch
 from shared.redrive_tasks.throttle import Throttle
 
 CLAIM_POLL_SECONDS = 1.0
 OUTCOME_POLL_SECONDS = 0.25
 # A batch covers the slots due within this horizon (each send still waits for its own slot).
-BATCH_HORIZON_SECONDS = 0.5
-IDLE_SLEEP_SECONDS = 0.2
+BATCH_HORIZON_SECONDS = 0.25
+IDLE_SLEEP_SECONDS = 0.1
 MAX_BATCH = 500
 QUEUES_REFRESH_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What the outcome loop last saw, for the send loop."""
+
+    changed: asyncio.Event
+    snapshot: Snapshot | None = None
+    finished: bool = False
+
+    async def next_round(self) -> None:
+        """Wait for the outcome loop's next snapshot (at most a second)."""
+        self.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.changed.wait(), timeout=1.0)
 
 
 class RedriveExecutor:
@@ -111,31 +128,52 @@ class RedriveExecutor:
                     await release(conn, lease)
 
     async def _drive(self, lease: Lease) -> None:
-        throttle: Throttle | None = None
-        last_collect = float("-inf")
-        snapshot = None
+        """Two loops per task: outcomes (renews the lease, trips, completes; every 0.25 s) and
+        sending, side by side, so counting outcomes never stalls the send schedule."""
+        progress = _Progress(asyncio.Event())
+        collector = asyncio.create_task(self._collect_loop(lease, progress))
+        sender = asyncio.create_task(self._send_loop(lease, progress))
+        try:
+            await asyncio.gather(collector, sender)
+        finally:
+            for part in (collector, sender):
+                part.cancel()
+            await asyncio.gather(collector, sender, return_exceptions=True)
+
+    async def _collect_loop(self, lease: Lease, progress: _Progress) -> None:
         while True:
-            now = time.monotonic()
-            if snapshot is None or now - last_collect >= OUTCOME_POLL_SECONDS:
-                snapshot = await collect(self.pool, self.redis, self.metrics, lease)
-                last_collect = time.monotonic()
-                if snapshot is None:
-                    log_event("WARNING", "redrive_lease_lost", task_id=str(lease.task_id), owner=self.owner)
-                    return
+            snapshot = await collect(self.pool, self.redis, self.metrics, lease)
+            if snapshot is None:
+                log_event("WARNING", "redrive_lease_lost", task_id=str(lease.task_id), owner=self.owner)
+                progress.finished = True
+                progress.changed.set()
+                return
+            progress.snapshot = snapshot
+            progress.changed.set()
             task = snapshot.task
-            if snapshot.completed or snapshot.tripped or task.state != "running":
-                if task.in_flight == 0 or task.state == "completed":
-                    return
-                await asyncio.sleep(OUTCOME_POLL_SECONDS)
+            if (
+                snapshot.completed
+                or task.state == "completed"
+                or (task.state != "running" and task.in_flight == 0)
+            ):
+                progress.finished = True  # nothing left to send or to count: let the lease go
+                return
+            await asyncio.sleep(OUTCOME_POLL_SECONDS)
+
+    async def _send_loop(self, lease: Lease, progress: _Progress) -> None:
+        throttle: Throttle | None = None
+        while not progress.finished:
+            snapshot = progress.snapshot
+            if snapshot is None or snapshot.task.state != "running" or snapshot.tripped:
+                await progress.next_round()
                 continue
+            task = snapshot.task
             if throttle is None or abs(throttle.interval - 1.0 / task.rate_per_second) > 1e-9:
                 throttle = Throttle(task.rate_per_second, time.monotonic())
-            room = task.max_in_flight - task.in_flight
-            due = throttle.due_within(time.monotonic(), BATCH_HORIZON_SECONDS)
-            count = min(room, due, MAX_BATCH, task.remaining)
+            now = time.monotonic()
+            count = min(throttle.due_within(now, BATCH_HORIZON_SECONDS), MAX_BATCH)
             if count <= 0:
-                await asyncio.sleep(IDLE_SLEEP_SECONDS if room <= 0 or task.remaining <= 0 else 0.01)
-                snapshot = None if task.remaining <= 0 or room <= 0 else snapshot
+                await asyncio.sleep(min(max(throttle.next_at - now, 0.001), IDLE_SLEEP_SECONDS))
                 continue
             paused = await self._paused_queues(lease)
             result = await send_batch(
@@ -147,12 +185,10 @@ class RedriveExecutor:
                 paused_queues=paused,
                 throttle=throttle,
             )
-            if not result.running:
-                snapshot = None  # re-read: paused, cancelled or lease lost
-                continue
-            if result.sent + result.skipped == 0:  # everything left is on a paused queue
+            if not result.running:  # paused, cancelled, tripped or lease lost: the collector tells
+                await progress.next_round()
+            elif result.sent + result.skipped == 0:  # max_in_flight reached, or all left is paused
                 await asyncio.sleep(IDLE_SLEEP_SECONDS)
-            snapshot = None
 
     async def _paused_queues(self, lease: Lease) -> list[str]:
         cached = self._queues.get(lease.task_id)

@@ -30,7 +30,7 @@ from shared.infra.redis import deserialize_job
 from shared.redrive_tasks.lease import FENCE, Lease, fence_args
 from shared.redrive_tasks.model import TASK_COLUMNS, RedriveTask
 
-MAX_CHECKED = 2000
+MAX_CHECKED = 500  # oldest in-flight items checked per round (4 rounds a second)
 
 IN_FLIGHT = """
 SELECT seq, dlq_entry_id, retry_job_id, queue_name FROM redrive_task_items

@@ -39,9 +39,10 @@ class BatchResult:
     by_queue: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
-TOUCH_RUNNING = (
-    f"UPDATE redrive_tasks SET updated_at = now() WHERE {FENCE} AND state = 'running' RETURNING name"
-)
+TOUCH_RUNNING = f"""
+UPDATE redrive_tasks SET updated_at = now() WHERE {FENCE} AND state = 'running'
+RETURNING max_in_flight - (sent - succeeded - failed_again) AS room, total - sent - skipped AS remaining
+"""
 NEXT_ITEMS = """
 SELECT seq, dlq_entry_id, queue_name FROM redrive_task_items
 WHERE task_id = $1 AND state = 'pending' AND NOT (queue_name = ANY($2::text[]))
@@ -80,9 +81,12 @@ async def send_batch(
     clock: Callable[[], float] = time.monotonic,
 ) -> BatchResult:
     async with pool.acquire() as conn, conn.transaction():
-        name = await fetchrow(conn, "redrive_touch_running", TOUCH_RUNNING, *fence_args(lease))
-        if name is None:
+        task = await fetchrow(conn, "redrive_touch_running", TOUCH_RUNNING, *fence_args(lease))
+        if task is None:
             return BatchResult(running=False)
+        count = min(count, task["room"], task["remaining"])  # at most max_in_flight without an outcome
+        if count <= 0:
+            return BatchResult(running=True)
         items = await fetch(conn, "redrive_next_items", NEXT_ITEMS, lease.task_id, paused_queues, count)
         if not items:
             return BatchResult(running=True)
@@ -100,7 +104,8 @@ async def send_batch(
                 skipped.append(item["seq"])
                 _count(result, item["queue_name"], "skipped")
                 continue
-            delay = throttle.take() - clock()
+            now = clock()
+            delay = throttle.take(now) - now
             if delay > 0:
                 await asyncio.sleep(delay)
             try:

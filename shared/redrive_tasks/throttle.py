@@ -22,8 +22,11 @@ class Throttle:
             return 0
         return int((now + horizon - self.next_at) / self.interval + 1e-9) + 1
 
-    def take(self) -> float:
-        """Reserve the next slot; returns when it is due (the caller sleeps until then)."""
+    def take(self, now: float) -> float:
+        """Reserve the next slot (lag beyond one slot dropped here too: a send that fell behind
+        within a batch never catches up in a burst); returns when it is due (the caller sleeps
+        until then)."""
+        self.next_at = max(self.next_at, now - self.interval)
         slot = self.next_at
         self.next_at += self.interval
         return slot
