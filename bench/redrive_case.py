@@ -106,7 +106,7 @@ async def redrive_case(backends: Backends, scale: Scale) -> list[Result]:
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
-        raw = await _raw_enqueue_rate(redis)
+        raw = await _raw_enqueue_rate(redis, min(sends, 3000))
         scores = sorted(
             s
             for m, s in await redis.zrange(EMAIL_SEND, 0, -1, withscores=True)
