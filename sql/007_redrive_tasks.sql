@@ -57,5 +57,6 @@ CREATE TABLE redrive_task_items (
 );
 CREATE INDEX redrive_task_items_open_idx ON redrive_task_items (task_id, state, seq)
     WHERE state IN ('pending', 'sent');
--- "is this entry already waiting in a live task?" (shared.redrive_tasks.selection)
-CREATE INDEX redrive_task_items_pending_entry_idx ON redrive_task_items (dlq_entry_id) WHERE state = 'pending';
+-- No index on dlq_entry_id: "is this entry already waiting in a live task?" is a hash anti-join
+-- over the few live tasks' pending items (open_idx); a third index made creating a 100,000-entry
+-- task twice as slow (596 ms -> 310 ms for the INSERT ... SELECT without it).
