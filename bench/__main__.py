@@ -33,6 +33,7 @@ from bench import (
     login_case,
     metrics_case,
     reconcile,
+    redrive_case,
     scale_out_case,
     storm_case,
     worker_cases,
@@ -104,6 +105,7 @@ CASES: dict[str, tuple[Case, bool]] = {
     "cleanup": (cleanup_case.cleanup_case, False),
     "reconcile": (reconcile.reconcile_case, False),
     "login_burst": (login_case.login_burst_case, False),
+    "redrive": (redrive_case.redrive_case, False),
 }
 DEFAULT_CASES: dict[str, tuple[str, ...]] = {"10m": ("api",)}
 

@@ -84,9 +84,10 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction[argparse.Argu
     from cli.admin import register as register_admin
     from cli.demo import register as register_demo
     from cli.queue_commands import register as register_queue
+    from cli.redrive_commands import register as register_redrive
     from cli.worker_commands import register as register_worker
 
-    return [register_worker, register_admin, register_demo, register_queue]
+    return [register_worker, register_admin, register_demo, register_queue, register_redrive]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from service.console.app import ConsoleDispatch, build_console
 from service.contract import Operation
 from service.errors import EXCEPTION_HANDLERS
 from service.middleware import RequestContextMiddleware
-from service.routes import audit, auth, dlq, health, live_jobs, metrics, queue_controls, queues
+from service.routes import audit, auth, dlq, health, live_jobs, metrics, queue_controls, queues, redrives
 from service.state import AppState
 from shared.infra.config import Settings, load_settings
 from shared.infra.db import Database
@@ -23,7 +23,7 @@ from shared.infra.metrics import Metrics
 from shared.infra.redis import create_redis
 from shared.infra.tracing import instrument_app
 
-ROUTE_MODULES = (health, metrics, auth, queues, dlq, queue_controls, live_jobs, audit)
+ROUTE_MODULES = (health, metrics, auth, queues, dlq, queue_controls, live_jobs, audit, redrives)
 
 
 def api_operations() -> list[Operation[Any, Any, Any]]:

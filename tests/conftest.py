@@ -27,6 +27,8 @@ from tests.infra import Backends, backends, database_dsn
 from tests.secret_scan import secret_scan  # noqa: F401 - autouse: no secret in any log line of the session
 
 APP_TABLES = (
+    "redrive_task_items",
+    "redrive_tasks",
     "dead_letter_queue",
     "audit_log",
     "email_outbox",

@@ -37,7 +37,7 @@ from shared.infra.logs import log_event
 from shared.infra.metrics import Metrics
 from shared.infra.redis import cancelled_job_key, create_redis, deserialize_job, job_ended_key, serialize_job
 from shared.jobs.heartbeat import HEARTBEAT_INTERVAL_SECONDS, Heartbeat, delete_heartbeat, write_heartbeat
-from shared.jobs.queues import ALL_QUEUES
+from shared.jobs.queues import ALL_QUEUES, SCHEDULER
 from worker.aborts import record_abort_from_result
 from worker.failure_records import record_from_silent_failure
 from worker.idle_backoff import IdleBackoff
@@ -46,6 +46,7 @@ from worker.job_finish import FinishBatchingWorker
 from worker.live_jobs import LiveJobsWorker
 from worker.poison import initialise_metrics as initialise_poison_metrics
 from worker.queue_pause import PausableWorker
+from worker.redrive import executor_enabled, start_executor, stop_executor
 from worker.shutdown import PollingStopped, StopRequest, cancel_until_done
 
 LIVENESS_STALE_SECONDS = 60.0
@@ -109,6 +110,7 @@ class FmhlWorker(PausableWorker, LiveJobsWorker, ClaimingWorker, FinishBatchingW
         self._owns_db = False
         self.owns_redis = True
         self._spool_task: asyncio.Future[None] | None = None
+        self._redrive_task: asyncio.Task[None] | None = None
         self._redis_retry_seconds = REDIS_RETRY_MIN_SECONDS
         self.stop_request = StopRequest()
         self.on_stop = self._stop_polling  # arq calls it right after ``main_task.cancel()``
@@ -219,6 +221,8 @@ class FmhlWorker(PausableWorker, LiveJobsWorker, ClaimingWorker, FinishBatchingW
         await self._beat(force=True)
         await self._wait_for_database(ctx["db"])
         self._spool_task = asyncio.ensure_future(self._drain_spool_when_connected(ctx))
+        if self.queue_name == SCHEDULER and executor_enabled():
+            self._redrive_task = start_executor(ctx, self.pool, self.metrics, self.worker_id)
         log_event("INFO", "worker_started", queue=self.queue_name, worker_id=self.worker_id)
 
     async def _wait_for_database(self, db: Database) -> None:
@@ -240,6 +244,7 @@ class FmhlWorker(PausableWorker, LiveJobsWorker, ClaimingWorker, FinishBatchingW
             )
 
     async def _on_shutdown(self, ctx: dict[str, Any]) -> None:
+        await stop_executor(self._redrive_task)
         try:
             async with asyncio.timeout(SHUTDOWN_REDIS_TIMEOUT_SECONDS):
                 await delete_heartbeat(self.pool, self.queue_name, self.worker_id)

@@ -16,7 +16,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.console import actions, controls, docs, pages, signin
+from service.console import actions, controls, docs, pages, redrives, signin
 from service.console.render import STATIC
 from service.console.views import console_view, error_page, too_large_page
 from service.middleware import PayloadTooLarge
@@ -54,6 +54,14 @@ def console_routes() -> list[Route | Mount]:
         Route(QUEUE + "/cancel", console_view(controls.bulk_action, action=True), methods=["POST"]),
         Route(QUEUE + "/{action}", console_view(controls.queue_confirm), methods=["GET"]),
         Route(QUEUE + "/{action}", console_view(controls.queue_action, action=True), methods=["POST"]),
+        Route("/console/redrives", console_view(redrives.task_list), methods=["GET"]),
+        Route("/console/redrives/{task_id}", console_view(redrives.task_page), methods=["GET"]),
+        Route("/console/redrives/{task_id}/progress", console_view(redrives.task_progress), methods=["GET"]),
+        Route(
+            "/console/redrives/{task_id}/{action:str}",
+            console_view(redrives.task_action, action=True),
+            methods=["POST"],
+        ),
         Route("/console/audit", console_view(pages.audit_log), methods=["GET"]),
         Route("/console/cron", console_view(pages.cron), methods=["GET"]),
         Route("/console/cron/{name}/run", console_view(actions.run_cron, action=True), methods=["POST"]),

@@ -27,12 +27,19 @@ from shared.dlq.browse import (
     group_entries,
     list_entries,
 )
-from shared.dlq.redrive import DEFAULT_BULK, MAX_BULK, Actor, bulk_retry, resolve_entry, retry_entry
+from shared.dlq.redrive import DEFAULT_BULK, MAX_BULK, Actor, resolve_entry, retry_entry
 from shared.dlq.rejects import MAX_LISTED, newest_rejected
-from shared.infra.errors import DependencyUnavailable
+from shared.infra.errors import DependencyUnavailable, Invalid
 from shared.jobs.queues import QueueName
+from shared.redrive_tasks.model import DEFAULT_MAX_IN_FLIGHT, DEFAULT_RATE_PER_SECOND
+from shared.redrive_tasks.selection import SelectionFilter, TaskSpec, create_task, item_job_ids
 
 BASE = "/api/v1/admin/queues/dlq"
+BULK_DESCRIPTION = (
+    "Creates a redrive task (issue 19) instead of pushing everything at once: 10 jobs/s, at most 20 "
+    "in flight, the breaker on (see README 'Redrive tasks'). Entries already waiting in a live task are "
+    "not taken again; nothing to take is a 400 empty_selection. A single entry's retry stays immediate."
+)
 ADMIN: dict[str, Any] = {"tags": ("dlq",), "auth": "admin"}
 READ_ERRORS = (400, 401, 403, 503)
 
@@ -97,8 +104,13 @@ class RetryAccepted:
 
 @dataclass(frozen=True, slots=True)
 class BulkRetryAccepted:
-    retried: int
-    job_ids: list[str]
+    """A redrive task took the entries; it sends them at its rate (``/api/v1/admin/redrives``)."""
+
+    task_id: Annotated[uuid.UUID, Meta(description="GET /api/v1/admin/redrives/{task_id} for progress")]
+    retried: Annotated[int, Meta(description="entries handed to the task (each redriven at most once)")]
+    job_ids: Annotated[list[str], Meta(description="the job id each entry runs under when its turn comes")]
+    rate_per_second: float
+    max_in_flight: int
 
 
 class RejectedRecord(Struct, omit_defaults=True):
@@ -157,21 +169,30 @@ async def dlq_rejected(call: Call[RejectedQuery, NoBody]) -> RejectedList:
 
 @operation("POST", f"{BASE}/retry", params=NoParams, body=BulkRetryBody, response=BulkRetryAccepted,
            status=202, operation_id="bulkRetryDlqEntries",
-           summary="Bulk redrive by ids or by queue + fingerprint; each entry exactly once",
-           response_description="re-enqueued", errors=(400, 401, 403, 413, 503), **ADMIN)  # fmt: skip
+           summary="Bulk redrive by ids or by queue + fingerprint: a redrive task at the default rate",
+           description=BULK_DESCRIPTION, response_description="the task that will redrive them",
+           errors=(400, 401, 403, 413, 503), **ADMIN)  # fmt: skip
 async def dlq_bulk_retry(call: Call[NoParams, BulkRetryBody]) -> BulkRetryAccepted:
     body = call.body
-    result = await bulk_retry(
-        call.state.db.pool,
-        call.state.redis,
-        call.state.metrics,
-        _actor(call),
-        ids=body.ids,
-        queue=body.queue,
-        fingerprint=body.fingerprint,
-        max_entries=body.max or (MAX_BULK if body.ids is not None else DEFAULT_BULK),
+    by_filter = body.queue is not None or body.fingerprint is not None
+    if (body.ids is not None) == by_filter or (
+        by_filter and (body.queue is None or body.fingerprint is None)
+    ):
+        raise Invalid('give either "ids" or both "queue" and "fingerprint"')
+    selection = (
+        None if body.ids is not None else SelectionFilter(queue=body.queue, fingerprint=body.fingerprint)
     )
-    return BulkRetryAccepted(result.retried, result.job_ids)
+    limit = body.max or (MAX_BULK if body.ids is not None else DEFAULT_BULK)
+    spec = TaskSpec(
+        name=f"bulk retry {body.fingerprint or f'{len(body.ids or [])} ids'}",
+        reason="POST /api/v1/admin/queues/dlq/retry",
+        ids=body.ids, filter=selection, rate_per_second=DEFAULT_RATE_PER_SECOND,
+        max_in_flight=DEFAULT_MAX_IN_FLIGHT, limit=limit, via="dlq.bulk_retry",
+    )  # fmt: skip
+    task = await create_task(call.state.db.pool, spec, _actor(call))
+    async with call.state.db.pool.acquire() as conn:
+        job_ids = await item_job_ids(conn, task.id, MAX_BULK)
+    return BulkRetryAccepted(task.id, task.total, job_ids, task.rate_per_second, task.max_in_flight)
 
 
 @operation("GET", BASE + "/{entry_id}", params=EntryRef, body=NoBody, response=DlqEntryDetail,

@@ -16,6 +16,7 @@ from shared.infra.db import record_pool_gauges
 from shared.infra.errors import DependencyUnavailable
 from shared.infra.logs import log_event
 from shared.jobs.stats import collect_queue_stats, export_queue_gauges
+from shared.redrive_tasks.control import count_by_state, export_task_gauges
 
 SCRAPE_CACHE_SECONDS = 5.0
 
@@ -38,6 +39,8 @@ async def refresh_scrape_gauges(state: AppState) -> None:
         state.metrics.set(state.metrics.dlq_spool_size, await spool_size(state.redis))
         state.metrics.set(state.metrics.dlq_spool_rejected, await rejected_count(state.redis))
         export_failure_kinds(await read_failure_kinds(state.db.pool), state.metrics)
+        async with state.db.pool.acquire() as conn:
+            export_task_gauges(await count_by_state(conn), state.metrics)
         state.queue_gauges_refreshed_at = now
     except Exception as exc:
         log_event("WARNING", "scrape_gauges_stale", error_type=type(exc).__name__)

@@ -1,7 +1,8 @@
-"""Acting on the DLQ: retry one entry, resolve one entry, bulk redrive.
+"""Acting on the DLQ: retry one entry, resolve one entry or a group. A bulk redrive is a redrive
+task (``shared.redrive_tasks``), which replays each entry through ``replay_locked`` below.
 
-Exactly once under concurrency: each action locks its rows (``FOR UPDATE``; bulk uses ``SKIP
-LOCKED`` so concurrent bulk calls take disjoint sets) and only acts on unresolved ones, inside
+Exactly once under concurrency: each action locks its rows (``FOR UPDATE``; group resolve uses
+``SKIP LOCKED`` so concurrent calls take disjoint sets) and only acts on unresolved ones, inside
 the transaction that marks them resolved. The job is enqueued inside that transaction with a
 deterministic job id (``dlq-retry:<entry id>``): if Redis fails, nothing is marked; if the commit
 fails after the enqueue, a second retry finds the same job id and arq refuses a duplicate.
@@ -21,11 +22,12 @@ from arq.connections import ArqRedis
 from shared import audit
 from shared.dlq.browse import DlqEntryDetail, get_entry
 from shared.dlq.content import map_strings, unescape_text
+from shared.infra.correlation import current_correlation_id
 from shared.infra.db import Conn, execute, fetch, fetchrow
 from shared.infra.errors import Conflict, DependencyUnavailable, Invalid, NotFound
 from shared.infra.metrics import Metrics
 from shared.infra.tracing import traced
-from shared.jobs.enqueue import enqueue_call
+from shared.jobs.enqueue_once import enqueue_unique
 from shared.jobs.queues import ALL_QUEUES, RETRY_OF_KWARG
 
 MAX_BULK = 1000
@@ -39,13 +41,6 @@ class Actor:
     name: str
     user_id: uuid.UUID | None = None
     ip: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class BulkRetryResult:
-    retried: int
-    job_ids: list[str]
-    entry_ids: list[uuid.UUID]
 
 
 def retry_job_id(entry_id: uuid.UUID) -> str:
@@ -76,7 +71,8 @@ async def _enqueue_replay(redis: ArqRedis, metrics: Metrics | None, row: Any) ->
     kwargs = original_kwargs | {RETRY_OF_KWARG: str(row["id"])}
     job_id = retry_job_id(row["id"])
     try:
-        await enqueue_call(
+        # one round trip, refused (None) when the job id exists: arq's de-duplication, atomically
+        await enqueue_unique(
             redis,
             function,
             args=args,
@@ -118,10 +114,57 @@ async def retry_entry(
             raise NotFound(f"no DLQ entry {entry_id}")
         if row["resolved_at"] is not None:
             raise Conflict("this DLQ entry is already resolved", code="already_resolved")
-        job_id = await _enqueue_replay(redis, metrics, row)
-        await execute(conn, "dlq_mark_retried", MARK_RETRIED, entry_id, actor.name, job_id)
-        await _audit(conn, actor, "dlq.retry", entry_id, {"job_id": job_id, "function": row["function"]})
+        return await replay_locked(conn, redis, metrics, row, actor, {"function": row["function"]})
+
+
+async def replay_locked(
+    conn: Conn, redis: ArqRedis, metrics: Metrics | None, row: Any, actor: Actor, metadata: dict[str, Any]
+) -> str:
+    """Enqueue the replay of an unresolved entry whose row ``conn``'s transaction has locked
+    (columns of ``LOCK_ONE``), mark it retried and audit it; returns the job id. The caller owns
+    the transaction and has checked ``resolved_at IS NULL``. Raises ``Conflict`` (not_retryable)
+    for an entry without a payload to replay, ``DependencyUnavailable`` when Redis is down."""
+    job_id = await _enqueue_replay(redis, metrics, row)
+    await execute(conn, "dlq_mark_retried", MARK_RETRIED, row["id"], actor.name, job_id)
+    await _audit(conn, actor, "dlq.retry", row["id"], {"job_id": job_id, **metadata})
     return job_id
+
+
+MARK_MANY_RETRIED = """
+UPDATE dead_letter_queue
+SET resolved_at = now(), resolved_by = $2, resolution = 'retried', retry_job_id = 'dlq-retry:' || id::text
+WHERE id = ANY($1::uuid[]) AND resolved_at IS NULL
+"""
+AUDIT_MANY_RETRIED = """
+INSERT INTO audit_log (actor, action, target_type, target_id, metadata, request_id)
+SELECT $2, 'dlq.retry', 'dlq_entry', e.id::text,
+       $3::jsonb || jsonb_build_object('job_id', 'dlq-retry:' || e.id::text), $4
+FROM unnest($1::uuid[]) AS e(id)
+"""
+
+
+async def enqueue_replay_locked(redis: ArqRedis, metrics: Metrics | None, row: Any) -> str:
+    """The enqueue half of ``replay_locked``, for a caller that marks many entries at once with
+    ``mark_replayed``: the row is locked and unresolved in the caller's transaction."""
+    return await _enqueue_replay(redis, metrics, row)
+
+
+async def mark_replayed(
+    conn: Conn, entry_ids: Sequence[uuid.UUID], actor: Actor, metadata: dict[str, Any]
+) -> None:
+    """``replay_locked``'s marking half for many entries enqueued by ``enqueue_replay_locked``: each
+    resolved ``retried`` with its job id and audited (``dlq.retry``), in two statements."""
+    ids = list(entry_ids)
+    await execute(conn, "dlq_mark_many_retried", MARK_MANY_RETRIED, ids, actor.name)
+    await execute(
+        conn,
+        "dlq_audit_many_retried",
+        AUDIT_MANY_RETRIED,
+        ids,
+        actor.name,
+        metadata,
+        current_correlation_id(),
+    )
 
 
 RESOLVE = """
@@ -144,85 +187,6 @@ async def resolve_entry(pool: Any, entry_id: uuid.UUID, actor: Actor, note: str 
             raise Conflict("this DLQ entry is already resolved", code="already_resolved")
         await _audit(conn, actor, "dlq.resolve", entry_id, {"note": note})
         return await get_entry(conn, entry_id)
-
-
-# Entries with no payload to replay (function '<unknown>': the job expired in Redis; or
-# ``payload_omitted``: too large or not JSON, shared.dlq.content) are left out
-# of the locking query itself, not skipped after it: otherwise, being the oldest, they would use
-# up ``max`` on every call and a group holding ``max`` of them could never be redriven.
-LOCK_BY_IDS = """
-SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at, content_escaped,
-       payload_omitted
-FROM dead_letter_queue
-WHERE id = ANY($1::uuid[]) AND resolved_at IS NULL AND function <> '<unknown>'
-  AND payload_omitted IS NULL
-ORDER BY failed_at, id
-LIMIT $2
-FOR UPDATE SKIP LOCKED
-"""
-LOCK_BY_FINGERPRINT = """
-SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at, content_escaped,
-       payload_omitted
-FROM dead_letter_queue
-WHERE queue_name = $1 AND fingerprint = $2 AND resolved_at IS NULL AND function <> '<unknown>'
-  AND payload_omitted IS NULL
-ORDER BY failed_at, id
-LIMIT $3
-FOR UPDATE SKIP LOCKED
-"""
-
-
-@traced("dlq redrive")
-async def bulk_retry(
-    pool: Any,
-    redis: ArqRedis,
-    metrics: Metrics | None,
-    actor: Actor,
-    *,
-    ids: Sequence[uuid.UUID] | None = None,
-    queue: str | None = None,
-    fingerprint: str | None = None,
-    max_entries: int = DEFAULT_BULK,
-) -> BulkRetryResult:
-    """Retry many unresolved entries, each exactly once even when bulk calls race."""
-    if not 1 <= max_entries <= MAX_BULK:
-        raise Invalid(f"max must be between 1 and {MAX_BULK}")
-    by_filter = queue is not None or fingerprint is not None
-    if (ids is not None) == by_filter or (by_filter and (queue is None or fingerprint is None)):
-        raise Invalid('give either "ids" or both "queue" and "fingerprint"')
-    if queue is not None and queue not in ALL_QUEUES:
-        raise Invalid(f"queue must be one of {', '.join(ALL_QUEUES)}")
-    if ids is not None and not 1 <= len(ids) <= MAX_BULK:
-        raise Invalid(f"ids must hold 1 to {MAX_BULK} entries")
-    async with pool.acquire() as conn, conn.transaction():
-        if ids is not None:
-            rows = await fetch(conn, "dlq_lock_bulk_ids", LOCK_BY_IDS, list(ids), max_entries)
-        else:
-            rows = await fetch(conn, "dlq_lock_bulk_fp", LOCK_BY_FINGERPRINT, queue, fingerprint, max_entries)
-        job_ids: list[str] = []
-        entry_ids: list[uuid.UUID] = []
-        for row in rows:
-            job_id = await _enqueue_replay(redis, metrics, row)
-            await execute(conn, "dlq_mark_retried", MARK_RETRIED, row["id"], actor.name, job_id)
-            await _audit(conn, actor, "dlq.retry", row["id"], {"job_id": job_id, "bulk": True})
-            job_ids.append(job_id)
-            entry_ids.append(row["id"])
-        await audit.record(
-            conn,
-            actor=actor.name,
-            actor_user_id=actor.user_id,
-            ip=actor.ip,
-            action="dlq.bulk_retry",
-            target_type="dlq_fingerprint" if fingerprint else "dlq_entries",
-            target_id=fingerprint,
-            metadata={
-                "queue": queue,
-                "retried": len(job_ids),
-                "requested_ids": len(ids or []),
-                "max": max_entries,
-            },
-        )
-    return BulkRetryResult(len(job_ids), job_ids, entry_ids)
 
 
 RESOLVE_BY_FINGERPRINT = """

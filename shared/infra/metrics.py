@@ -142,6 +142,16 @@ class Metrics:
             "DLQ records Postgres refused, parked in Redis for an operator (shared.dlq.rejects).",
             registry=r,
         )
+        # Redrive tasks (shared.redrive_tasks): labels by queue, never by task id
+        self.redrive_jobs_total = Counter(
+            "fmhl_redrive_jobs_total",
+            "Redrive task items by queue and outcome (sent, succeeded, failed_again, skipped).",
+            registry=r,
+        )
+        self.redrive_tripped_total = Counter(
+            "fmhl_redrive_tripped_total", "Redrive tasks stopped by their breaker, by queue.", registry=r
+        )
+        self.redrive_tasks = Gauge("fmhl_redrive_tasks", "Redrive tasks by state.", registry=r)
         # Database
         self.db_query_duration_seconds = Histogram(
             "fmhl_db_query_duration_seconds",

@@ -55,6 +55,20 @@ async def enqueue(
     )
 
 
+def call_kwargs(args: Sequence[Any], kwargs: Mapping[str, Any], correlation_id: str | None) -> dict[str, Any]:
+    """The job's keyword arguments as every enqueuer sends them: the caller's, plus the correlation
+    id and (tracing on) the W3C traceparent. Raises here, in the caller, if an argument is not JSON."""
+    job_kwargs = dict(kwargs)
+    orjson.dumps([list(args), job_kwargs])
+    cid = correlation_id or current_correlation_id()
+    if cid:
+        job_kwargs[CORRELATION_KWARG] = cid
+    traceparent = current_traceparent()
+    if traceparent:
+        job_kwargs[TRACEPARENT_KWARG] = traceparent
+    return job_kwargs
+
+
 async def enqueue_call(
     redis: ArqRedis,
     function: str,
@@ -71,14 +85,7 @@ async def enqueue_call(
     target_queue = queue or queue_of(function)
     if target_queue is None:
         raise UnknownJobFunction(f"no queue is known for job function {function!r}")
-    job_kwargs = dict(kwargs)
-    orjson.dumps([list(args), job_kwargs])  # fail here, in the caller, if an argument is not JSON
-    cid = correlation_id or current_correlation_id()
-    if cid:
-        job_kwargs[CORRELATION_KWARG] = cid
-    traceparent = current_traceparent()
-    if traceparent:
-        job_kwargs[TRACEPARENT_KWARG] = traceparent
+    job_kwargs = call_kwargs(args, kwargs, correlation_id)
     job = await redis.enqueue_job(
         function,
         *args,

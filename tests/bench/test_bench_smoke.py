@@ -46,7 +46,7 @@ async def test_every_case_runs_at_toy_size(test_backends: Backends) -> None:
     expected = {
         "worker overhead", "failure storm", "scale-out", "/health/live", "DLQ list, first page",
         "GET …/dlq/groups", "GET /api/v1/admin/queues", "POST …/dlq/{id}/retry", "service RSS",
-        "/metrics render", "cleanup while capturing", "reconciliation", "live jobs", "login burst",
+        "/metrics render", "cleanup while capturing", "reconciliation", "live jobs", "login burst", "redrive",
     }  # fmt: skip
     assert expected <= cases, expected - cases
     for result in results:

@@ -299,6 +299,7 @@ async def test_support_sees_every_page_without_action_controls_and_a_forged_post
         f"/console/dlq/{entry_id}/retry",
         f"/console/dlq/{entry_id}/resolve",
         "/console/groups/email_send/fp-test/resolve",
+        f"/console/redrives/{uuid.uuid4()}/cancel",
         "/console/cron/cleanup_dlq/run",
     ):
         response = await console.client.post(path, data={"csrf_token": csrf})
@@ -319,19 +320,33 @@ async def test_group_confirmation_counts_then_resolve_and_retry_whole_groups(con
     confirm = (await console.page("/console/groups/email_send/fp-a/retry")).text
     assert "3 unresolved entries" in confirm
     csrf = await console.csrf()
-    retried = await console.client.post("/console/groups/email_send/fp-a/retry", data={"csrf_token": csrf})
-    assert retried.status_code == 303 and "count=3" in retried.headers["location"]
-    assert await console.redis.zcard("email_send") == 3
+    retried = await console.client.post(
+        "/console/groups/email_send/fp-a/retry", data={"csrf_token": csrf, "note": "smtp is back"}
+    )
+    # issue 19: "Retry all…" creates a redrive task (default rate) and shows its page
+    assert retried.status_code == 303 and retried.headers["location"].startswith("/console/redrives/")
+    assert await console.redis.zcard("email_send") == 0
+    task_page = (await console.page(retried.headers["location"])).text
+    assert "retry all email_send/fp-a" in task_page and "Redrive task created" in task_page
+    assert "10.0 jobs/s" in task_page and 'data-testid="remaining">3<' in task_page
+    assert "smtp is back" in task_page and ">Pause</button>" in task_page and ">Cancel</button>" in task_page
+    task_url = retried.headers["location"].split("?")[0]
+    paused = await console.client.post(f"{task_url}/pause", data={"csrf_token": csrf})
+    assert (
+        paused.status_code == 303 and "Task paused." in (await console.page(paused.headers["location"])).text
+    )
+    assert ">Resume</button>" in (await console.page(f"{task_url}/progress")).text
+    assert "retry all email_send/fp-a" in (await console.page("/console/redrives")).text
     resolved = await console.client.post(
         "/console/groups/email_send/fp-b/resolve", data={"csrf_token": csrf, "note": "known noise"}
     )
     assert resolved.status_code == 303 and "count=2" in resolved.headers["location"]
     assert "2 entries resolved." in (await console.page(resolved.headers["location"])).text
-    assert await console.db.fetchval("SELECT count(*) FROM dead_letter_queue WHERE resolved_at IS NULL") == 0
+    assert await console.db.fetchval("SELECT count(*) FROM dead_letter_queue WHERE resolved_at IS NULL") == 3
     actions = await console.db.fetch("SELECT action, count(*) AS n FROM audit_log GROUP BY action")
     counts = {r["action"]: r["n"] for r in actions}
-    assert counts["dlq.retry"] == 3 and counts["dlq.resolve"] == 2
-    assert counts["dlq.bulk_retry"] == 1 and counts["dlq.bulk_resolve"] == 1
+    assert counts["redrive.create"] == 1 and counts["redrive.pause"] == 1 and counts["dlq.resolve"] == 2
+    assert counts["dlq.bulk_resolve"] == 1 and "dlq.retry" not in counts
     assert (await console.client.get("/console/groups/email_send/fp-a/explode")).status_code == 404
 
 

@@ -277,7 +277,9 @@ async def test_fifty_concurrent_retries_of_one_entry_enqueue_exactly_one_job(api
     assert audit["request_id"].startswith("req-retry-")
 
 
-async def test_two_concurrent_bulk_retries_by_fingerprint_retry_each_of_500_once(api: Api) -> None:
+async def test_two_concurrent_bulk_retries_by_fingerprint_hand_each_of_500_to_one_task(api: Api) -> None:
+    """Issue 19: the bulk API creates a redrive task (default rate) instead of enqueueing at once.
+    Concurrent calls take disjoint entries (an entry waits in one live task at most)."""
     failed_at = datetime.now(UTC) - timedelta(minutes=10)
     await bulk_create_dlq_entries(api.pool, 500, job_prefix="bulk", failed_at=failed_at)
     targets = {row["id"] for row in await api.pool.fetch("SELECT id FROM dead_letter_queue")}
@@ -286,49 +288,29 @@ async def test_two_concurrent_bulk_retries_by_fingerprint_retry_each_of_500_once
         api.pool, 5, job_prefix="other-q", failed_at=failed_at, queue_name=DISTRIBUTE_LEAD
     )
     await bulk_create_dlq_entries(api.pool, 5, job_prefix="done", failed_at=failed_at, resolved_at=failed_at)
-    other_fp = await create_dlq_entry(api.pool, fingerprint="fp-other")
+    await create_dlq_entry(api.pool, fingerprint="fp-other")
 
     body = {"queue": EMAIL_SEND, "fingerprint": "fp-bulk", "max": 500}
     first, second = await asyncio.gather(
         api.post(f"{BASE}/retry", body, request_id="req-bulk-a"),
         api.post(f"{BASE}/retry", body, request_id="req-bulk-b"),
     )
-    assert first.status_code == 202, first.text
-    assert second.status_code == 202, second.text
-    results = [first.json(), second.json()]
-    assert all(set(result) == {"retried", "job_ids"} for result in results)
-    assert sum(result["retried"] for result in results) == 500
-    job_ids = [job_id for result in results for job_id in result["job_ids"]]
-    assert len(job_ids) == len(set(job_ids)) == 500
-    assert set(job_ids) == {f"dlq-retry:{entry_id}" for entry_id in targets}
-    assert await api.redis.zcard(EMAIL_SEND) == 500
-    assert await api.redis.zcard(DISTRIBUTE_LEAD) == 0
-
-    rows = await api.pool.fetch(
-        "SELECT id, resolution, retry_job_id, resolved_by FROM dead_letter_queue WHERE id = ANY($1::uuid[])",
-        list(targets),
-    )
-    assert all(row["resolution"] == "retried" for row in rows)
-    assert all(row["retry_job_id"] == f"dlq-retry:{row['id']}" for row in rows)
-    assert {row["resolved_by"] for row in rows} == {api.email}
-    untouched = await api.pool.fetchval(
-        "SELECT count(*) FROM dead_letter_queue WHERE id <> ALL($1::uuid[]) AND resolution = 'retried'",
-        list(targets),
-    )
-    assert untouched == 0
-    assert (await api.get(f"{BASE}/{other_fp}")).json()["resolved"] is False
-
-    bulk_audits = await audit_rows(api.pool, "dlq.bulk_retry")
-    assert sorted(a["request_id"] for a in bulk_audits) == ["req-bulk-a", "req-bulk-b"]
-    assert all(a["actor"] == api.email and a["target_id"] == "fp-bulk" for a in bulk_audits)
-    by_request = {a["request_id"]: a["metadata"]["retried"] for a in bulk_audits}
-    assert by_request == {"req-bulk-a": results[0]["retried"], "req-bulk-b": results[1]["retried"]}
-    per_entry = await audit_rows(api.pool, "dlq.retry")
-    assert sorted(a["target_id"] for a in per_entry) == sorted(str(t) for t in targets)
-
-    # Nothing is left to redrive.
-    again = await api.post(f"{BASE}/retry", body)
-    assert again.status_code == 202 and again.json() == {"retried": 0, "job_ids": []}
+    answers = sorted([first, second], key=lambda r: r.status_code)
+    winner, loser = answers[0], answers[1]
+    assert winner.status_code == 202, winner.text
+    assert_error(loser, 400, "empty_selection")  # everything already waits in the first task
+    result = winner.json()
+    assert set(result) == {"task_id", "retried", "job_ids", "rate_per_second", "max_in_flight"}
+    assert result["retried"] == 500 and (result["rate_per_second"], result["max_in_flight"]) == (10.0, 20)
+    assert set(result["job_ids"]) == {f"dlq-retry:{entry_id}" for entry_id in targets}
+    assert await api.redis.zcard(EMAIL_SEND) == 0  # nothing pushed at once: the executor sends
+    items = await api.pool.fetch("SELECT dlq_entry_id FROM redrive_task_items")
+    assert {row["dlq_entry_id"] for row in items} == targets and len(items) == 500
+    (created,) = await audit_rows(api.pool, "redrive.create")
+    assert created["actor"] == api.email and created["metadata"]["via"] == "dlq.bulk_retry"
+    assert created["target_id"] == result["task_id"]
+    task = await api.get(f"/api/v1/admin/redrives/{result['task_id']}")
+    assert task.json()["state"] == "pending" and task.json()["total"] == 500
 
 
 async def test_bulk_retry_by_ids_skips_resolved_unknown_and_unreplayable_entries(api: Api) -> None:
@@ -344,17 +326,21 @@ async def test_bulk_retry_by_ids_skips_resolved_unknown_and_unreplayable_entries
         request_id="req-ids-1",
     )
     assert response.status_code == 202, response.text
-    assert response.json() == {"retried": 3, "job_ids": [f"dlq-retry:{i}" for i in fresh[:3]]}
+    assert response.json()["retried"] == 3
+    assert response.json()["job_ids"] == [f"dlq-retry:{i}" for i in fresh[:3]]
     assert (await api.get(f"{BASE}/{unreplayable}")).json()["resolved"] is False
     assert (await api.get(f"{BASE}/{resolved}")).json()["resolution"] == "manual"
 
-    # max caps how many are taken (oldest first); the rest stay for the next call.
+    # max caps how many are taken (oldest first, those in a live task left out); the rest stay.
     capped = await api.post(f"{BASE}/retry", {"ids": [str(i) for i in fresh], "max": 1})
-    assert capped.json() == {"retried": 1, "job_ids": [f"dlq-retry:{fresh[3]}"]}
-    assert await api.redis.zcard(EMAIL_SEND) == 4
-    (bulk_audit, _) = await audit_rows(api.pool, "dlq.bulk_retry")
-    assert bulk_audit["request_id"] == "req-ids-1" and bulk_audit["actor"] == api.email
-    assert bulk_audit["metadata"]["retried"] == 3 and bulk_audit["metadata"]["requested_ids"] == 7
+    assert capped.json()["job_ids"] == [f"dlq-retry:{fresh[3]}"]
+    assert await api.redis.zcard(EMAIL_SEND) == 0
+    audits = await audit_rows(api.pool, "redrive.create")
+    assert audits[0]["request_id"] == "req-ids-1" and audits[0]["actor"] == api.email
+    assert audits[0]["metadata"]["total"] == 3 and audits[0]["metadata"]["selection"] == {
+        "ids": 7,
+        "max": 1000,
+    }
 
 
 async def test_bulk_retry_by_fingerprint_defaults_to_100_and_honours_max(api: Api) -> None:
@@ -371,7 +357,8 @@ async def test_bulk_retry_by_fingerprint_defaults_to_100_and_honours_max(api: Ap
     assert small.json()["retried"] == 7
     rest = await api.post(f"{BASE}/retry", body | {"max": 1000})
     assert rest.json()["retried"] == 23
-    assert await api.redis.zcard(EMAIL_SEND) == 130
+    assert_error(await api.post(f"{BASE}/retry", body), 400, "empty_selection")
+    assert await api.pool.fetchval("SELECT count(DISTINCT dlq_entry_id) FROM redrive_task_items") == 130
 
 
 # --- retry_of through a real worker -------------------------------------------------------------
@@ -651,7 +638,7 @@ async def test_bulk_retry_rejects_bad_bodies_with_400(api: Api, content: bytes) 
     await create_dlq_entry(api.pool, fingerprint="fp")
     assert_error(await api.post(f"{BASE}/retry", content=content), 400, "invalid_request")
     assert await api.redis.zcard(EMAIL_SEND) == 0
-    assert await audit_rows(api.pool, "dlq.bulk_retry") == []
+    assert await audit_rows(api.pool, "redrive.create") == []
 
 
 async def test_bulk_retry_rejects_more_than_1000_ids(api: Api) -> None:

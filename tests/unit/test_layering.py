@@ -29,6 +29,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         {"shared.infra", "shared.jobs", "shared.audit", "shared.dlq", "shared.auth", "shared.email"}
     ),
     "shared.controls": frozenset({"shared.infra", "shared.jobs", "shared.audit", "shared.dlq"}),
+    "shared.redrive_tasks": frozenset({"shared.infra", "shared.jobs", "shared.audit", "shared.dlq"}),
     "shared": frozenset({"shared.infra"}),  # shared/__init__.py
     "service": frozenset({"shared"}),
     "worker": frozenset({"shared"}),

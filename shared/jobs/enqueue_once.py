@@ -1,0 +1,56 @@
+"""Enqueueing a job with a fixed id in one Redis round trip, refused when the id was used.
+
+The same check and writes as arq's ``ArqRedis.enqueue_job`` (refuse when ``arq:job:<id>`` or
+``arq:result:<id>`` exists; else the job payload with arq's expiry and the queue zset entry), in
+one Lua script instead of WATCH + EXISTS + MULTI/EXEC: atomic, and a third of the round trips.
+For the redrive executor, which enqueues up to thousands of replays a second
+(``shared.redrive_tasks.sending``); the payload is arq's own ``serialize_job`` with our serializer,
+so workers cannot tell the difference. Same return contract as ``shared.jobs.enqueue.enqueue_call``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from arq.connections import ArqRedis
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
+
+from shared.infra.metrics import Metrics
+from shared.infra.redis import RedisClient
+from shared.jobs.enqueue import call_kwargs
+
+ENQUEUE_UNIQUE = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+return 1
+"""
+
+
+async def enqueue_unique(
+    redis: ArqRedis,
+    function: str,
+    *,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    job_id: str,
+    queue: str,
+    metrics: Metrics | None = None,
+    correlation_id: str | None = None,
+) -> str | None:
+    """Enqueue now on ``queue``; the job id, or ``None`` when that id exists (nothing enqueued)."""
+    job_kwargs = call_kwargs(args, kwargs, correlation_id)
+    now_ms = timestamp_ms()
+    payload = serialize_job(function, tuple(args), job_kwargs, None, now_ms, serializer=redis.job_serializer)
+    keys = [job_key_prefix + job_id, result_key_prefix + job_id, queue]
+    argv: list[Any] = [payload, redis.expires_extra_ms, job_id, now_ms]
+    client: RedisClient = redis  # redis-py's eval is typed for both clients (shared.infra.redis)
+    created = await client.eval(ENQUEUE_UNIQUE, 3, *keys, *argv)
+    if not created:
+        return None
+    if metrics is not None:
+        metrics.inc(metrics.queue_jobs_enqueued_total, {"queue": queue})
+    return job_id

@@ -1,0 +1,137 @@
+"""Sending one batch of a task's items: each entry redriven at most once.
+
+In one transaction: the fenced ``UPDATE`` of the task (lease still ours, state ``running``: a
+pause or cancel committed before this point stops the batch), then the next ``pending`` items
+(queues paused by issue 18 left out), their DLQ rows locked (``FOR NO KEY UPDATE``: a worker
+capturing a failed retry may still insert a row pointing here), and each still-unresolved entry
+goes through the single retry's code (``shared.dlq.redrive``: ``enqueue_replay_locked`` per entry,
+then ``mark_replayed`` for the batch in two statements): the deterministic job id
+``dlq-retry:<id>``, ``retry_of`` lineage, the entry marked retried and audited (``dlq.retry``).
+If the process dies after an enqueue and before the commit, nothing is marked: the next holder
+enqueues the same job id and arq refuses the duplicate. An entry resolved meanwhile (by hand, a
+single retry, another task) or pruned is ``skipped``. Each send waits for its throttle slot
+(``shared.redrive_tasks.throttle``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from arq.connections import ArqRedis
+
+from shared.dlq.redrive import Actor, enqueue_replay_locked, mark_replayed
+from shared.infra.db import execute, fetch, fetchrow
+from shared.infra.errors import Conflict
+from shared.infra.metrics import Metrics
+from shared.redrive_tasks.lease import FENCE, Lease, fence_args
+from shared.redrive_tasks.throttle import Throttle
+
+
+@dataclass(slots=True)
+class BatchResult:
+    running: bool  # False: the task is no longer running or the lease is lost; nothing was sent
+    sent: int = 0
+    skipped: int = 0
+    by_queue: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+TOUCH_RUNNING = f"""
+UPDATE redrive_tasks SET updated_at = now() WHERE {FENCE} AND state = 'running'
+RETURNING max_in_flight - (sent - succeeded - failed_again) AS room, total - sent - skipped AS remaining
+"""
+NEXT_ITEMS = """
+SELECT seq, dlq_entry_id, queue_name FROM redrive_task_items
+WHERE task_id = $1 AND state = 'pending' AND NOT (queue_name = ANY($2::text[]))
+ORDER BY seq LIMIT $3
+"""
+LOCK_ENTRIES = """
+SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at, content_escaped,
+       payload_omitted
+FROM dead_letter_queue WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE
+"""
+MARK_SENT = """
+UPDATE redrive_task_items AS i SET state = 'sent', retry_job_id = s.job_id, sent_at = now()
+FROM unnest($2::int[], $3::text[]) AS s(seq, job_id) WHERE i.task_id = $1 AND i.seq = s.seq
+"""
+MARK_SKIPPED = """
+UPDATE redrive_task_items SET state = 'skipped', outcome_at = now()
+WHERE task_id = $1 AND seq = ANY($2::int[])
+"""
+COUNT_SENT = f"""
+UPDATE redrive_tasks SET sent = sent + $4, skipped = skipped + $5,
+    first_sent_at = CASE WHEN $4 > 0 THEN coalesce(first_sent_at, now()) ELSE first_sent_at END,
+    last_sent_at = CASE WHEN $4 > 0 THEN now() ELSE last_sent_at END
+WHERE {FENCE}
+"""
+
+
+async def send_batch(
+    pool: Any,
+    redis: ArqRedis,
+    metrics: Metrics | None,
+    lease: Lease,
+    *,
+    count: int,
+    paused_queues: list[str],
+    throttle: Throttle,
+    clock: Callable[[], float] = time.monotonic,
+) -> BatchResult:
+    async with pool.acquire() as conn, conn.transaction():
+        task = await fetchrow(conn, "redrive_touch_running", TOUCH_RUNNING, *fence_args(lease))
+        if task is None:
+            return BatchResult(running=False)
+        count = min(count, task["room"], task["remaining"])  # at most max_in_flight without an outcome
+        if count <= 0:
+            return BatchResult(running=True)
+        items = await fetch(conn, "redrive_next_items", NEXT_ITEMS, lease.task_id, paused_queues, count)
+        if not items:
+            return BatchResult(running=True)
+        rows = await fetch(conn, "redrive_lock_entries", LOCK_ENTRIES, [i["dlq_entry_id"] for i in items])
+        by_id = {row["id"]: row for row in rows}
+        actor = Actor(name=f"redrive:{lease.task_id}")
+        result = BatchResult(running=True)
+        sent_seqs: list[int] = []
+        sent_jobs: list[str] = []
+        sent_entries: list[Any] = []
+        skipped: list[int] = []
+        for item in items:
+            row = by_id.get(item["dlq_entry_id"])
+            if row is None or row["resolved_at"] is not None:
+                skipped.append(item["seq"])
+                _count(result, item["queue_name"], "skipped")
+                continue
+            now = clock()
+            delay = throttle.take(now) - now
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                job_id = await enqueue_replay_locked(redis, metrics, row)
+            except Conflict:  # no payload to replay after all: leave it for a human
+                skipped.append(item["seq"])
+                _count(result, item["queue_name"], "skipped")
+                continue
+            sent_seqs.append(item["seq"])
+            sent_jobs.append(job_id)
+            sent_entries.append(row["id"])
+            _count(result, item["queue_name"], "sent")
+        if sent_seqs:
+            await mark_replayed(conn, sent_entries, actor, {"redrive_task_id": str(lease.task_id)})
+            await execute(conn, "redrive_mark_sent", MARK_SENT, lease.task_id, sent_seqs, sent_jobs)
+        if skipped:
+            await execute(conn, "redrive_mark_skipped", MARK_SKIPPED, lease.task_id, skipped)
+        await execute(
+            conn, "redrive_count_sent", COUNT_SENT, *fence_args(lease), len(sent_seqs), len(skipped)
+        )
+        result.sent, result.skipped = len(sent_seqs), len(skipped)
+    if metrics is not None:
+        for (queue, outcome), n in result.by_queue.items():
+            metrics.inc(metrics.redrive_jobs_total, {"queue": queue, "outcome": outcome}, n)
+    return result
+
+
+def _count(result: BatchResult, queue: str, outcome: str) -> None:
+    result.by_queue[(queue, outcome)] = result.by_queue.get((queue, outcome), 0) + 1

@@ -1,0 +1,40 @@
+"""Where the redrive executor runs: inside the scheduler process (``fmhl-ops worker scheduler``).
+
+The scheduler is the worker tier's one always-on, queue-agnostic process (cron only, idle between
+ticks), so a redrive never competes with the job workers it feeds, and running two or more
+schedulers for availability is safe: the lease (``shared.redrive_tasks.lease``) lets exactly one
+executor drive a task. Started after the worker's start-up (the pool exists), stopped (leases
+released) at its shutdown. ``REDRIVE_EXECUTOR=0`` in the environment turns it off in a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import Any
+
+from shared.infra.metrics import Metrics
+from shared.redrive_tasks.executor import RedriveExecutor
+
+
+def executor_enabled() -> bool:
+    return os.environ.get("REDRIVE_EXECUTOR", "1") not in ("0", "false", "no")
+
+
+async def _run_when_connected(ctx: dict[str, Any], redis: Any, metrics: Metrics, owner: str) -> None:
+    db = ctx["db"]
+    await db.connected.wait()
+    await RedriveExecutor(db.pool, redis, metrics, owner=owner).run()
+
+
+def start_executor(ctx: dict[str, Any], redis: Any, metrics: Metrics, owner: str) -> asyncio.Task[None]:
+    return asyncio.create_task(_run_when_connected(ctx, redis, metrics, owner))
+
+
+async def stop_executor(task: asyncio.Task[None] | None) -> None:
+    if task is None or task.done():
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
