@@ -26,7 +26,7 @@ from shared.infra.errors import Conflict, DependencyUnavailable, Invalid, NotFou
 from shared.infra.metrics import Metrics
 from shared.infra.tracing import traced
 from shared.jobs.enqueue import enqueue_call
-from shared.jobs.queues import ALL_QUEUES, RETRY_OF_KWARG
+from shared.jobs.queues import ALL_QUEUES, RETRY_OF_KWARG, TRACELINK_KWARG
 
 MAX_BULK = 1000
 DEFAULT_BULK = 100
@@ -74,6 +74,9 @@ def _original_call(row: Any) -> tuple[str, list[Any], dict[str, Any]]:
 async def _enqueue_replay(redis: ArqRedis, metrics: Metrics | None, row: Any) -> str:
     function, args, original_kwargs = _original_call(row)
     kwargs = original_kwargs | {RETRY_OF_KWARG: str(row["id"])}
+    kwargs.pop(TRACELINK_KWARG, None)  # never a stale one from the stored kwargs
+    if row["trace_id"] and row["span_id"]:  # the original failure: linked, not parented
+        kwargs[TRACELINK_KWARG] = f"00-{row['trace_id']}-{row['span_id']}-01"
     job_id = retry_job_id(row["id"])
     try:
         await enqueue_call(
@@ -97,7 +100,7 @@ async def _enqueue_replay(redis: ArqRedis, metrics: Metrics | None, row: Any) ->
 
 LOCK_ONE = """
 SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at, content_escaped,
-       payload_omitted
+       payload_omitted, trace_id, span_id
 FROM dead_letter_queue WHERE id = $1 FOR UPDATE
 """
 MARK_RETRIED = """
@@ -152,7 +155,7 @@ async def resolve_entry(pool: Any, entry_id: uuid.UUID, actor: Actor, note: str 
 # up ``max`` on every call and a group holding ``max`` of them could never be redriven.
 LOCK_BY_IDS = """
 SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at, content_escaped,
-       payload_omitted
+       payload_omitted, trace_id, span_id
 FROM dead_letter_queue
 WHERE id = ANY($1::uuid[]) AND resolved_at IS NULL AND function <> '<unknown>'
   AND payload_omitted IS NULL
@@ -162,7 +165,7 @@ FOR UPDATE SKIP LOCKED
 """
 LOCK_BY_FINGERPRINT = """
 SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at, content_escaped,
-       payload_omitted
+       payload_omitted, trace_id, span_id
 FROM dead_letter_queue
 WHERE queue_name = $1 AND fingerprint = $2 AND resolved_at IS NULL AND function <> '<unknown>'
   AND payload_omitted IS NULL
