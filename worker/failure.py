@@ -43,7 +43,7 @@ from shared.infra.metrics import Metrics
 from shared.infra.redis import cancelled_job_key
 from shared.infra.tracing import job_span, tracing_enabled
 from shared.jobs.policy import RetryPolicy
-from shared.jobs.queues import RETRY_OF_KWARG, TRACEPARENT_KWARG
+from shared.jobs.queues import TRACELINK_KWARG, TRACEPARENT_KWARG
 from shared.jobs.retry_trace import record_retry
 from worker.aborts import record_if_aborted
 from worker.failure_records import record_from_exception, safe_message, split_reserved_kwargs
@@ -207,7 +207,7 @@ def _in_job_span(queue: str, name: str, run_job: JobFunction) -> WorkerCoroutine
             job_id=str(ctx.get("job_id")),
             job_try=int(ctx.get("job_try", 1)),
             traceparent=raw_kwargs.get(TRACEPARENT_KWARG),
-            redrive=RETRY_OF_KWARG in raw_kwargs,
+            link=raw_kwargs.get(TRACELINK_KWARG),
         ):
             return await run_job(ctx, *args, **raw_kwargs)
 

@@ -46,7 +46,7 @@ from shared.dlq.content import (
 )
 from shared.dlq.fingerprint import fingerprint, top_app_frame
 from shared.infra.ids import parse_uuid
-from shared.jobs.queues import CORRELATION_KWARG, RETRY_OF_KWARG, TRACEPARENT_KWARG
+from shared.jobs.queues import CORRELATION_KWARG, RETRY_OF_KWARG, TRACELINK_KWARG, TRACEPARENT_KWARG
 
 MAX_CHAIN = 10
 MAX_FRAMES = 100
@@ -63,6 +63,7 @@ def split_reserved_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], str |
     correlation_id = clean.pop(CORRELATION_KWARG, None)
     retry_of_raw = clean.pop(RETRY_OF_KWARG, None)
     clean.pop(TRACEPARENT_KWARG, None)  # the trace travels again with a redrive's own context
+    clean.pop(TRACELINK_KWARG, None)  # likewise the link (from the new row's own trace)
     retry_of = parse_uuid(retry_of_raw) if isinstance(retry_of_raw, str) else None
     return clean, (str(correlation_id) if correlation_id else None), retry_of
 

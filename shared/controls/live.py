@@ -38,7 +38,13 @@ from shared.infra.errors import Invalid, NotFound
 from shared.infra.redis import JOB_LAST_ERROR_KEY_PREFIX, RedisClient, job_last_error_key, retrying_index_key
 from shared.jobs.catalogue import jobs_on
 from shared.jobs.heartbeat import read_heartbeats
-from shared.jobs.queues import CORRELATION_KWARG, JOB_QUEUES, RETRY_OF_KWARG
+from shared.jobs.queues import (
+    CORRELATION_KWARG,
+    JOB_QUEUES,
+    RETRY_OF_KWARG,
+    TRACELINK_KWARG,
+    TRACEPARENT_KWARG,
+)
 from shared.jobs.retry_trace import LastError
 
 JobState = Literal["queued", "scheduled", "retrying", "running"]
@@ -47,7 +53,7 @@ LIST_PREVIEW_CHARS = 200
 DETAIL_PREVIEW_CHARS = 4096
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
-_RESERVED_KWARGS = (CORRELATION_KWARG, RETRY_OF_KWARG)
+_RESERVED_KWARGS = (CORRELATION_KWARG, RETRY_OF_KWARG, TRACEPARENT_KWARG, TRACELINK_KWARG)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ from shared.dlq.reasons import ABORTED, CANCELLED, ControlReason
 from shared.infra.db import Conn, Database, fetchval
 from shared.infra.logs import log_event
 from shared.infra.redis import RedisClient
-from shared.jobs.queues import CORRELATION_KWARG, RETRY_OF_KWARG
+from shared.jobs.queues import CORRELATION_KWARG, RETRY_OF_KWARG, TRACELINK_KWARG, TRACEPARENT_KWARG
 
 ERROR_TYPES: dict[str, str] = {CANCELLED: "JobCancelled", ABORTED: "JobAborted"}
 RESOLUTION = "manual"
@@ -117,6 +117,8 @@ def ended_from_call(
     clean = dict(kwargs)
     cid = clean.pop(CORRELATION_KWARG, None) or correlation_id
     clean.pop(RETRY_OF_KWARG, None)
+    clean.pop(TRACEPARENT_KWARG, None)  # tracing's reserved kwargs: a redrive carries its own
+    clean.pop(TRACELINK_KWARG, None)
     return EndedJob(
         queue=queue,
         job_id=job_id,

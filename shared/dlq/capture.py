@@ -63,6 +63,8 @@ class FailureRecord:
     raw_preview: str | None = None
     # shared.infra.tracing: the trace of the span that captured it (32 hex digits), when tracing is on
     trace_id: str | None = None
+    # ... and the id of that capturing span (16 hex digits): a DLQ retry links its run to it
+    span_id: str | None = None
 
     def to_json(self) -> bytes:
         data = dataclass_to_dict(self)
@@ -99,7 +101,7 @@ async def capture(
     """
     ids = current_ids()  # tracing on: the row keeps the trace it was captured in
     if ids is not None and record.trace_id is None:
-        record = dataclasses.replace(record, trace_id=ids[0])
+        record = dataclasses.replace(record, trace_id=ids[0], span_id=ids[1])
     try:
         if db is None:
             raise DependencyUnavailable("postgres", "no database in this process")

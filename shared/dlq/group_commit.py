@@ -45,19 +45,19 @@ INSERT_FAILURES = """
 INSERT INTO dead_letter_queue (
     queue_name, job_id, function, args, kwargs, error_type, error_message, stack_trace,
     fingerprint, attempts, reason, enqueued_at, failed_at, correlation_id, retry_of,
-    content_escaped, payload_omitted, raw_preview, trace_id
+    content_escaped, payload_omitted, raw_preview, trace_id, span_id
 )
 SELECT r.queue_name, r.job_id, r.function, r.args::jsonb, r.kwargs::jsonb, r.error_type,
        r.error_message, r.stack_trace, r.fingerprint, r.attempts, r.reason, r.enqueued_at,
        r.failed_at, r.correlation_id, previous.id, r.content_escaped, r.payload_omitted, r.raw_preview,
-       r.trace_id
+       r.trace_id, r.span_id
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
             $8::text[], $9::text[], $10::int[], $11::text[], $12::timestamptz[],
             $13::timestamptz[], $14::text[], $15::uuid[], $16::boolean[], $17::text[], $18::text[],
-            $19::text[])
+            $19::text[], $20::text[])
      AS r(queue_name, job_id, function, args, kwargs, error_type, error_message, stack_trace,
           fingerprint, attempts, reason, enqueued_at, failed_at, correlation_id, retry_of,
-          content_escaped, payload_omitted, raw_preview, trace_id)
+          content_escaped, payload_omitted, raw_preview, trace_id, span_id)
 LEFT JOIN dead_letter_queue AS previous ON previous.id = r.retry_of
 ON CONFLICT (queue_name, job_id) DO NOTHING
 RETURNING queue_name, job_id, id
@@ -87,6 +87,7 @@ def _columns(records: Sequence[FailureRecord]) -> list[list[Any]]:
         [r.payload_omitted for r in records],
         [r.raw_preview for r in records],
         [r.trace_id for r in records],
+        [r.span_id for r in records],
     ]
 
 
@@ -94,10 +95,10 @@ INSERT_FAILURE = """
 INSERT INTO dead_letter_queue (
     queue_name, job_id, function, args, kwargs, error_type, error_message, stack_trace,
     fingerprint, attempts, reason, enqueued_at, failed_at, correlation_id, retry_of,
-    content_escaped, payload_omitted, raw_preview, trace_id
+    content_escaped, payload_omitted, raw_preview, trace_id, span_id
 )
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-        (SELECT id FROM dead_letter_queue WHERE id = $15), $16, $17, $18, $19)
+        (SELECT id FROM dead_letter_queue WHERE id = $15), $16, $17, $18, $19, $20)
 ON CONFLICT (queue_name, job_id) DO NOTHING
 RETURNING id
 """
@@ -131,6 +132,7 @@ async def insert_failure(conn: Conn, record: FailureRecord) -> uuid.UUID | None:
         record.payload_omitted,
         record.raw_preview,
         record.trace_id,
+        record.span_id,
     )
     return entry_id
 

@@ -28,7 +28,7 @@ from shared.infra.errors import Conflict, DependencyUnavailable, Invalid, NotFou
 from shared.infra.metrics import Metrics
 from shared.infra.tracing import traced
 from shared.jobs.enqueue_once import enqueue_unique
-from shared.jobs.queues import ALL_QUEUES, RETRY_OF_KWARG
+from shared.jobs.queues import ALL_QUEUES, RETRY_OF_KWARG, TRACELINK_KWARG
 
 MAX_BULK = 1000
 DEFAULT_BULK = 100
@@ -69,6 +69,9 @@ def _original_call(row: Any) -> tuple[str, list[Any], dict[str, Any]]:
 async def _enqueue_replay(redis: ArqRedis, metrics: Metrics | None, row: Any) -> str:
     function, args, original_kwargs = _original_call(row)
     kwargs = original_kwargs | {RETRY_OF_KWARG: str(row["id"])}
+    kwargs.pop(TRACELINK_KWARG, None)  # never a stale one from the stored kwargs
+    if row["trace_id"] and row["span_id"]:  # the original failure: linked, not parented
+        kwargs[TRACELINK_KWARG] = f"00-{row['trace_id']}-{row['span_id']}-01"
     job_id = retry_job_id(row["id"])
     try:
         # one round trip, refused (None) when the job id exists: arq's de-duplication, atomically
@@ -93,7 +96,7 @@ async def _enqueue_replay(redis: ArqRedis, metrics: Metrics | None, row: Any) ->
 
 LOCK_ONE = """
 SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at, content_escaped,
-       payload_omitted
+       payload_omitted, trace_id, span_id
 FROM dead_letter_queue WHERE id = $1 FOR UPDATE
 """
 MARK_RETRIED = """

@@ -11,9 +11,15 @@ instrumentations, and Starlette's for the service (``instrument_app``).
 
 Jobs (OpenTelemetry messaging conventions): ``enqueue`` writes the current context's W3C
 ``traceparent`` into the job (kwarg ``_traceparent``, beside the correlation id). The job's run is
-a CONSUMER span, the *child* of that context on its first try, and the root of a *new trace linked*
-to it on a retry (try > 1) or a DLQ redrive (the job carries ``_dlq_retry_of``). DLQ capture and
-redrive are spans of their own; the DLQ row keeps the trace id of the span that captured it.
+a CONSUMER span whose *parent* is that enqueuing context on its first try -- a DLQ retry's job
+too: its enqueuing span is the retry's (the HTTP request's ``dlq redrive`` span), so one API call
+gives one trace across the service and the worker. The relation to the *original* failure is a
+*Link* (``fmhl.link=redrive``): the DLQ row keeps the trace id and span id of the span that
+captured it, and a retry passes them to the new job (kwarg ``_tracelink``). A retry of a job
+(try > 1) is the root of a *new trace linked* to the enqueuing context (``fmhl.link=retry``), as
+before: arq re-runs the same message, so parenting every try under one enqueue span would grow an
+unbounded trace of a job that backs off for hours, and the backends join linked traces anyway.
+DLQ capture and redrive are spans of their own.
 """
 
 from __future__ import annotations
@@ -152,9 +158,10 @@ def current_traceparent() -> str | None:
 
 @contextlib.contextmanager
 def job_span(
-    *, queue: str, function: str, job_id: str, job_try: int, traceparent: str | None, redrive: bool
+    *, queue: str, function: str, job_id: str, job_try: int, traceparent: str | None, link: str | None
 ) -> Iterator[None]:
-    """The job's run: child of the enqueuing span on a first try, a new linked trace otherwise."""
+    """The job's run: child of the enqueuing span (``traceparent``) on a first try, a new trace
+    linked to it on a retry; ``link`` (a DLQ retry's original failure) is always a Link."""
     if not _enabled:
         yield
         return
@@ -163,16 +170,17 @@ def job_span(
     from opentelemetry.trace import Link, SpanKind
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    parent = (
-        TraceContextTextMapPropagator().extract({"traceparent": traceparent})
-        if traceparent
-        else otel_context.Context()
-    )
+    propagator = TraceContextTextMapPropagator()
+    parent = propagator.extract({"traceparent": traceparent}) if traceparent else otel_context.Context()
     parent_span = trace.get_current_span(parent).get_span_context()
     links: list[Link] = []
-    if (job_try > 1 or redrive) and parent_span.is_valid:
-        links = [Link(parent_span, {"fmhl.link": "redrive" if redrive else "retry"})]
+    if job_try > 1 and parent_span.is_valid:
+        links.append(Link(parent_span, {"fmhl.link": "retry"}))
         parent = otel_context.Context()  # a new trace, linked
+    if link:
+        original = trace.get_current_span(propagator.extract({"traceparent": link})).get_span_context()
+        if original.is_valid:
+            links.append(Link(original, {"fmhl.link": "redrive"}))
     attributes = {
         "messaging.system": "arq",
         "messaging.operation.type": "process",

@@ -27,5 +27,9 @@ CORRELATION_KWARG: Final = "_correlation_id"
 # back to the entry it was retried from.
 RETRY_OF_KWARG: Final = "_dlq_retry_of"
 # Reserved job kwarg carrying the enqueuer's W3C traceparent when tracing is on
-# (shared.infra.tracing): the job's run joins (first try) or links (retry, redrive) that trace.
+# (shared.infra.tracing): the job's run joins that trace on its first try (a DLQ retry too: the
+# retry's request is the parent) and links to it on a retry (try > 1).
 TRACEPARENT_KWARG: Final = "_traceparent"
+# Reserved job kwarg set by a DLQ retry when the entry kept its trace: the original failure's
+# capturing span as a W3C traceparent; the run links to it (fmhl.link=redrive), never parents.
+TRACELINK_KWARG: Final = "_tracelink"

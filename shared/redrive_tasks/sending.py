@@ -50,7 +50,7 @@ ORDER BY seq LIMIT $3
 """
 LOCK_ENTRIES = """
 SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at, content_escaped,
-       payload_omitted
+       payload_omitted, trace_id, span_id
 FROM dead_letter_queue WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE
 """
 MARK_SENT = """

@@ -2,12 +2,15 @@
 exporting OTLP/HTTP to a receiver in this test, which decodes the protobuf the exporter sends
 (``ExportTraceServiceRequest``).
 
-1. A job enqueued with a traceparent (an enqueuing span of some producer) runs as its *child*,
-   in the same trace, with asyncpg and Redis spans of the worker inside; the DLQ row keeps that
-   trace id and the job's log lines carry it.
-2. One API call (a DLQ retry of that entry, whose job fails again) gives one trace from the
-   service (HTTP server span, the redrive span, asyncpg and Redis spans); the retried job's run is
-   a new trace *linked* to the redrive span, not its child; its DLQ row keeps the new trace id.
+1. Seeding the DLQ entry: a job enqueued with a traceparent (an enqueuing span of some producer)
+   runs as its *child*, in the same trace; the DLQ row keeps that trace id and the capturing span
+   id, and the job's log lines carry the trace id.
+2. The acceptance: ONE API call (the DLQ retry of that entry, whose job fails permanently again)
+   gives ONE trace with spans of both processes: the service's HTTP server span, its redrive span,
+   its asyncpg and Redis client spans, the worker's process span (a child of the redrive span),
+   its DLQ capture span and asyncpg spans. The new DLQ row's trace id is that
+   trace's; the worker's span has a Link to the original entry's capturing span (linked, not
+   parented); the retried job's log lines carry that trace id.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class Span:
     parent_span_id: str
     name: str
     kind: int
-    links: tuple[tuple[str, str], ...]  # (trace id, span id)
+    links: tuple[tuple[str, str, str], ...]  # (trace id, span id, attribute fmhl.link)
     attributes: dict[str, Any]
 
 
@@ -84,7 +87,17 @@ class OtlpReceiver:
                         parent_span_id=s.parent_span_id.hex(),
                         name=s.name,
                         kind=s.kind,
-                        links=tuple((link.trace_id.hex(), link.span_id.hex()) for link in s.links),
+                        links=tuple(
+                            (
+                                link.trace_id.hex(),
+                                link.span_id.hex(),
+                                next(
+                                    (a.value.string_value for a in link.attributes if a.key == "fmhl.link"),
+                                    "",
+                                ),
+                            )
+                            for link in s.links
+                        ),
                         attributes={a.key: a.value.string_value or a.value.int_value for a in s.attributes},
                     )
                     with self.lock:
@@ -185,7 +198,9 @@ async def test_one_failure_followed_end_to_end(
         captured = [line for line in worker_lines if line.get("event") == "dlq_captured"]
         assert captured and all(line["trace_id"] == producer_trace for line in captured)
 
-        # 2. One API call: a DLQ retry (redrive) of that entry, whose job fails again.
+        # 2. One API call: a DLQ retry (redrive) of that entry, whose job fails permanently again.
+        (first_capture,) = [s for s in first if s.name == "dlq capture"]
+        assert row["span_id"] == first_capture.span_id  # the row keeps the capturing span
         admin = await create_admin(clean_db, mfa_encryption_key=key)
         token = await create_admin_session(clean_db, admin.user_id)
         response = httpx.post(
@@ -194,28 +209,41 @@ async def test_one_failure_followed_end_to_end(
             timeout=10,
         )
         assert response.status_code == 202, response.text
-        retry_row = await _row(clean_db, f"dlq-retry:{row['id']}")
+        retry_job = f"dlq-retry:{row['id']}"
+        retry_row = await _row(clean_db, retry_job)
+        api_trace_id = retry_row["trace_id"]
         receiver.wait_for(
             lambda spans: (
-                any(s.name == "dlq redrive" for s in spans)
-                and any(s.trace_id == retry_row["trace_id"] and s.name == "dlq capture" for s in spans)
+                any(s.trace_id == api_trace_id and s.name == "dlq redrive" for s in spans)
+                and any(s.trace_id == api_trace_id and s.name == "dlq capture" for s in spans)
+                and any(s.trace_id == api_trace_id and s.kind == 2 for s in spans)
             ),
             30,
-            "the redrive and the retried job's spans",
+            "the API call's trace across the service and the worker",
         )
-        (redrive,) = [s for s in receiver.spans if s.name == "dlq redrive"]
-        api_trace = receiver.trace(redrive.trace_id)
-        assert {s.service for s in api_trace} == {"fmhl-ops"}
-        assert any(s.kind == 2 for s in api_trace)  # SPAN_KIND_SERVER: the HTTP request
-        assert any(_is_db(s) for s in api_trace)  # asyncpg: the locking UPDATE
-        assert any(_is_redis(s) for s in api_trace), [(s.name, s.attributes) for s in api_trace]
-        retried = receiver.trace(retry_row["trace_id"])
-        (rerun,) = [s for s in retried if s.name == "process send_email"]
-        assert retry_row["trace_id"] != redrive.trace_id  # a new trace ...
-        assert rerun.parent_span_id == "" and rerun.links == (
-            (redrive.trace_id, redrive.span_id),
-        )  # ... linked
-        assert any(_is_db(s) for s in retried)
+        one = receiver.trace(api_trace_id)
+        service = [s for s in one if s.service == "fmhl-ops"]
+        worker_spans = [s for s in one if s.service == "fmhl-ops-worker-email_send"]
+        assert len(service) + len(worker_spans) == len(one), {s.service for s in one}
+        (server,) = [s for s in service if s.kind == 2]  # SPAN_KIND_SERVER: the HTTP request
+        assert server.parent_span_id == ""  # the trace's root: the API call
+        (redrive,) = [s for s in service if s.name == "dlq redrive"]
+        assert any(_is_db(s) for s in service)  # asyncpg: the locking SELECT, the UPDATE
+        assert any(_is_redis(s) for s in service), [(s.name, s.attributes) for s in service]  # the enqueue
+        (rerun,) = [s for s in worker_spans if s.name == "process send_email"]
+        assert rerun.parent_span_id == redrive.span_id and rerun.kind == 5  # parented by the enqueuing span
+        assert rerun.links == ((producer_trace, first_capture.span_id, "redrive"),)  # the original: linked
+        assert any(s.name == "dlq capture" for s in worker_spans)
+        assert any(_is_db(s) for s in worker_spans)  # the capture's INSERT
+        # No worker Redis span here: a try-1 send_email that fails permanently issues no Redis command
+        # inside its run (arq's claim and finish of the job are outside the job's span); a job whose
+        # code uses Redis (distribute_lead, export_report) or a try > 1 (the poison check) has them.
+        assert all(s.trace_id != api_trace_id for s in first)  # the original failure is another trace
+        assert retry_row["reason"] == "permanent" and retry_row["span_id"] is not None
+        worker_lines = [orjson.loads(line) for line in worker.output().splitlines() if line.startswith("{")]
+        job_lines = [line for line in worker_lines if line.get("job_id") == retry_job]
+        assert any(line.get("event") == "dlq_captured" for line in job_lines)
+        assert job_lines and all(line.get("trace_id") == api_trace_id for line in job_lines), job_lines
         assert not any("/health/" in s.name for s in receiver.spans)  # probes are not traced by default
         # arq's polls are root client spans: dropped (no one-span trace per Redis command)
         assert not any(_is_redis(s) and s.parent_span_id == "" for s in receiver.spans)

@@ -3,6 +3,7 @@ import of OpenTelemetry (checked in a fresh interpreter that loads the service a
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -41,3 +42,56 @@ def test_off_imports_nothing_of_opentelemetry() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+_JOB_SPAN_RELATIONS = """
+import json
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from shared.infra import tracing
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+tracing._tracer, tracing._enabled = trace.get_tracer("t"), True
+enqueuing = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+original = "00-" + "c" * 32 + "-" + "d" * 16 + "-01"
+cases = {"first": (1, None), "redrive": (1, original), "retry": (2, None), "redrive_retry": (2, original)}
+out = {}
+for name, (job_try, link) in cases.items():
+    with tracing.job_span(
+        queue="q", function="f", job_id=name, job_try=job_try, traceparent=enqueuing, link=link
+    ):
+        pass
+    (span,) = exporter.get_finished_spans()
+    exporter.clear()
+    out[name] = {
+        "trace": format(span.context.trace_id, "032x"),
+        "parent": format(span.parent.span_id, "016x") if span.parent else None,
+        "links": [
+            [format(l.context.trace_id, "032x"), format(l.context.span_id, "016x"), l.attributes["fmhl.link"]]
+            for l in span.links
+        ],
+    }
+print(json.dumps(out))
+"""
+
+
+def test_job_span_parents_the_enqueuer_on_a_first_try_and_links_the_original_failure() -> None:
+    """A first try (a DLQ retry's too) is the enqueuing span's child; the original failure of a DLQ
+    retry is a Link, never the parent; a try > 1 is a new trace linked to the enqueuing context."""
+    result = subprocess.run(
+        [sys.executable, "-c", _JOB_SPAN_RELATIONS], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    spans = json.loads(result.stdout)
+    enqueuing, original = ["a" * 32, "b" * 16], ["c" * 32, "d" * 16]
+    assert spans["first"] == {"trace": "a" * 32, "parent": "b" * 16, "links": []}
+    assert spans["redrive"] == {"trace": "a" * 32, "parent": "b" * 16, "links": [[*original, "redrive"]]}
+    assert spans["retry"]["trace"] != "a" * 32 and spans["retry"]["parent"] is None
+    assert spans["retry"]["links"] == [[*enqueuing, "retry"]]
+    assert spans["redrive_retry"]["parent"] is None
+    assert spans["redrive_retry"]["links"] == [[*enqueuing, "retry"], [*original, "redrive"]]
