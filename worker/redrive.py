@@ -15,7 +15,9 @@ import os
 from typing import Any
 
 from shared.infra.metrics import Metrics
+from shared.jobs.queues import JOB_QUEUES
 from shared.redrive_tasks.executor import RedriveExecutor
+from shared.redrive_tasks.model import ITEM_OUTCOMES
 
 
 def executor_enabled() -> bool:
@@ -28,7 +30,17 @@ async def _run_when_connected(ctx: dict[str, Any], redis: Any, metrics: Metrics,
     await RedriveExecutor(db.pool, redis, metrics, owner=owner).run()
 
 
+def export_zero_counters(metrics: Metrics) -> None:
+    """The executor's counters exist at 0 from the start (queue x outcome, trips per queue), so a
+    first trip is an increase Prometheus can see and every series the rules and dashboard use exists."""
+    for queue in JOB_QUEUES:
+        for outcome in ITEM_OUTCOMES:
+            metrics.inc(metrics.redrive_jobs_total, {"queue": queue, "outcome": outcome}, 0)
+        metrics.inc(metrics.redrive_tripped_total, {"queue": queue}, 0)
+
+
 def start_executor(ctx: dict[str, Any], redis: Any, metrics: Metrics, owner: str) -> asyncio.Task[None]:
+    export_zero_counters(metrics)
     return asyncio.create_task(_run_when_connected(ctx, redis, metrics, owner))
 
 

@@ -1,8 +1,9 @@
 """Redrive task routes: create (or dry-run), list, detail, pause, resume, cancel.
 
 Thin: decode (``service.contract``) → ``shared.redrive_tasks`` → the typed answer. Admins act;
-support reads (``auth="session"``). Creating is ``201`` with the task, a dry run ``200`` with the
-count and a sample (nothing created). Unknown filter field, rate ≤ 0, empty selection: 400.
+support reads tasks on the console (the API is ``auth="admin"``, as every admin route). Creating is
+``201`` with the task, a dry run ``200`` with the count and a sample (nothing created). Unknown
+filter field, rate ≤ 0, empty selection: 400.
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ async def create_redrive(call: Call[NoParams, CreateRedriveBody]) -> Any:
 
 @operation("GET", BASE, params=ListQuery, body=NoBody, response=TaskList, operation_id="listRedrives",
            summary="Redrive tasks, newest first (keyset pages)", response_description="a page",
-           tags=TAGS, auth="session", errors=(400, 401, 503))  # fmt: skip
+           tags=TAGS, auth="admin", errors=(400, 401, 403, 503))  # fmt: skip
 async def list_redrives(call: Call[ListQuery, NoBody]) -> TaskList:
     async with call.state.db.pool.acquire() as conn:
         page = await list_tasks(conn, limit=call.params.limit, cursor=call.params.cursor)
@@ -201,8 +202,8 @@ async def detail(call: Call[Any, Any], task_id: uuid.UUID) -> TaskView:
 
 @operation("GET", BASE + "/{task_id}", params=TaskRef, body=NoBody, response=TaskView,
            operation_id="getRedrive", summary="One redrive task with its progress, rate, ETA and state",
-           response_description="the task", tags=TAGS, auth="session",
-           errors=(400, 401, 404, 503))  # fmt: skip
+           response_description="the task", tags=TAGS, auth="admin",
+           errors=(400, 401, 403, 404, 503))  # fmt: skip
 async def get_redrive(call: Call[TaskRef, NoBody]) -> TaskView:
     return await detail(call, call.params.task_id)
 

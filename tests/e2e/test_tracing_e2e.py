@@ -183,8 +183,12 @@ async def test_one_failure_followed_end_to_end(
         )
         assert job_id is not None
         row = await _row(clean_db, job_id)
+        # The run's span ends after its capture's and may come in a later export batch: wait for both.
         receiver.wait_for(
-            lambda spans: any(s.trace_id == producer_trace and s.name == "dlq capture" for s in spans),
+            lambda spans: (
+                {"dlq capture", "process send_email"}
+                <= {s.name for s in spans if s.trace_id == producer_trace}
+            ),
             30,
             "the worker's spans of the first try",
         )
@@ -216,6 +220,7 @@ async def test_one_failure_followed_end_to_end(
             lambda spans: (
                 any(s.trace_id == api_trace_id and s.name == "dlq redrive" for s in spans)
                 and any(s.trace_id == api_trace_id and s.name == "dlq capture" for s in spans)
+                and any(s.trace_id == api_trace_id and s.name == "process send_email" for s in spans)
                 and any(s.trace_id == api_trace_id and s.kind == 2 for s in spans)
             ),
             30,
