@@ -366,7 +366,8 @@ async def storm_case(backends: Backends, scale: Scale) -> list[Result]:
 
 def storm_results(rounds: StormRounds, jobs: int, n_rounds: int) -> list[Result]:
     problems = [r.problem for side in SIDES for r in rounds.by_side[side] if r.problem]
-    killed = sum(r.killed for side in SIDES for r in rounds.by_side[side])
+    killed_by_side = {side: sum(r.killed for r in rounds.by_side[side]) for side in SIDES}
+    killed = ", ".join(f"{side} {n}" for side, n in killed_by_side.items() if n)
     exact = sum(all(rounds.by_side[side][i].problem is None for side in SIDES) for i in range(n_rounds))
     ours_cpj = rounds.commands_per_job("ours")
     bare_cpj = rounds.commands_per_job("bare")
@@ -414,6 +415,6 @@ def storm_results(rounds: StormRounds, jobs: int, n_rounds: int) -> list[Result]
             target=f">= {n_rounds}",
             note="; ".join(problems)
             or "every side, every round: count and count(DISTINCT job_id) equal the jobs run"
-            + (f"; {killed} process(es) ignored SIGTERM and were killed" if killed else ""),
+            + (f"; processes that ignored SIGTERM and were killed: {killed}" if killed else ""),
         ),
     ]

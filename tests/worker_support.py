@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ from shared.infra.metrics import Metrics
 from shared.jobs.policy import RetryPolicy
 from worker.failure import JobFunction, with_failure_policy
 from worker.fmhl_worker import FmhlWorker, build_worker
+from worker.shutdown import cancel_until_done
 
 
 def job(queue: str, name: str, fn: JobFunction, **policy: Any) -> Function:
@@ -49,3 +51,15 @@ async def run_burst(
     finally:
         await worker.close()
     return worker
+
+
+async def stop_worker_task(worker: FmhlWorker, task: asyncio.Future[Any]) -> None:
+    """End an in-process worker's ``main()`` the way arq's shutdown does: the stop flag, then a
+    cancel repeated until the task is gone. A bare ``task.cancel(); await task`` can hang for
+    ever: on Python 3.11 a cancel landing in redis-py's ``wait_for`` is lost (issue 17)."""
+    worker.stop_request.set()
+    finished = await cancel_until_done(task, timeout=30, name="test_worker_main")
+    assert finished, "the worker's main task ignored its stop for 30 s"
+    if not task.cancelled() and task.exception() is not None:
+        raise task.exception()  # type: ignore[misc]
+    await worker.close()

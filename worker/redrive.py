@@ -14,10 +14,14 @@ import contextlib
 import os
 from typing import Any
 
+from shared.infra.cancellation import cancel_until_done
 from shared.infra.metrics import Metrics
 from shared.jobs.queues import JOB_QUEUES
 from shared.redrive_tasks.executor import RedriveExecutor
 from shared.redrive_tasks.model import ITEM_OUTCOMES
+
+# How long a scheduler's shutdown waits for the executor to let its tasks go.
+EXECUTOR_STOP_SECONDS = 15.0
 
 
 def executor_enabled() -> bool:
@@ -47,6 +51,13 @@ def start_executor(ctx: dict[str, Any], redis: Any, metrics: Metrics, owner: str
 async def stop_executor(task: asyncio.Task[None] | None) -> None:
     if task is None or task.done():
         return
+    # One cancel: the executor's own loop awaits only Postgres and sleeps, so it is delivered; its
+    # ``finally`` then stops the drivers (each with ``cancel_until_done``) and releases the leases.
+    # Repeated only should that take longer than it can.
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+    await asyncio.wait([task], timeout=EXECUTOR_STOP_SECONDS)
+    if not task.done():
+        await cancel_until_done(task, timeout=5, name="redrive_executor")
+    if task.done() and not task.cancelled():
+        with contextlib.suppress(Exception):
+            task.result()  # already logged where it failed; read so asyncio does not warn

@@ -28,13 +28,9 @@ A patched third-party method would also be one more thing to re-check on every u
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from shared.infra.cancellation import cancel_until_done
 
-from shared.infra.logs import log_event
-
-# How often the cancel is repeated while a task ignores it.
-RECANCEL_INTERVAL_SECONDS = 0.1
+__all__ = ["PollingStopped", "StopRequest", "cancel_until_done"]
 
 
 class PollingStopped(Exception):
@@ -57,25 +53,3 @@ class StopRequest:
         """Raise ``PollingStopped`` when a stop was requested."""
         if self._set:
             raise PollingStopped
-
-
-async def cancel_until_done(task: asyncio.Future[Any], *, timeout: float, name: str) -> bool:
-    """Cancel ``task`` and keep cancelling until it is done or ``timeout`` passes.
-
-    Returns whether it finished. A cancel that had to be repeated is logged once
-    (``worker_cancel_repeated``), so a lost cancellation leaves a trace instead of a hang.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    attempts = 0
-    while not task.done():
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            log_event("ERROR", "worker_task_ignored_cancel", task=name, attempts=attempts)
-            return False
-        task.cancel()
-        attempts += 1
-        await asyncio.wait([task], timeout=min(RECANCEL_INTERVAL_SECONDS, remaining))
-    if attempts > 1:
-        log_event("WARNING", "worker_cancel_repeated", task=name, attempts=attempts)
-    return True

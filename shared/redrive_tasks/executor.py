@@ -23,6 +23,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
+from shared.infra.cancellation import cancel_until_done
 from shared.infra.logs import log_event
 from shared.infra.metrics import Metrics
 from shared.jobs.pause_state import read_pauses
@@ -39,6 +40,8 @@ BATCH_HORIZON_SECONDS = 0.25
 IDLE_SLEEP_SECONDS = 0.1
 MAX_BATCH = 500
 QUEUES_REFRESH_SECONDS = 5.0
+# A driver still running this long after its first cancel is left to its lease's expiry.
+DRIVER_STOP_SECONDS = 10.0
 
 
 @dataclass(slots=True)
@@ -103,10 +106,12 @@ class RedriveExecutor:
             self.drivers[lease.task_id] = asyncio.create_task(self.drive(lease))
 
     async def stop(self) -> None:
-        drivers = list(self.drivers.values())
-        for driver in drivers:
-            driver.cancel()
-        await asyncio.gather(*drivers, return_exceptions=True)
+        """Cancel every driver, repeating a cancel that was lost in a Redis call (issue 17), so a
+        scheduler's shutdown never waits on a driver that went on sending."""
+        drivers = list(self.drivers.items())
+        for task_id, driver in drivers:
+            await cancel_until_done(driver, timeout=DRIVER_STOP_SECONDS, name=f"redrive_driver:{task_id}")
+        await asyncio.gather(*(driver for _, driver in drivers), return_exceptions=True)
         self.drivers.clear()
 
     async def drive(self, lease: Lease) -> None:

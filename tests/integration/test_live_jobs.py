@@ -23,7 +23,7 @@ from shared.jobs.enqueue import enqueue
 from shared.jobs.heartbeat import Heartbeat, write_heartbeat
 from shared.jobs.queues import DISTRIBUTE_LEAD, EMAIL_SEND
 from shared.jobs.retry_trace import LAST_ERROR_MESSAGE_CHARS, record_retry
-from tests.worker_support import job
+from tests.worker_support import job, stop_worker_task
 from worker.fmhl_worker import FmhlWorker, build_worker
 
 QUEUE = EMAIL_SEND
@@ -249,10 +249,7 @@ async def _worker(
     try:
         yield worker
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.close()
+        await stop_worker_task(worker, task)
 
 
 async def _until(predicate: Any, timeout: float = 10.0) -> None:

@@ -25,7 +25,7 @@ from shared.jobs.enqueue import enqueue
 from shared.jobs.pause_state import PAUSE_REFRESH_SECONDS, read_pause
 from shared.jobs.queues import DISTRIBUTE_LEAD, EMAIL_SEND, SCHEDULER
 from tests.procs import FMHL_OPS, base_env
-from tests.worker_support import job
+from tests.worker_support import job, stop_worker_task
 from worker.fmhl_worker import FmhlWorker, build_worker
 
 QUEUE = EMAIL_SEND
@@ -118,10 +118,7 @@ async def _running_worker(
     try:
         yield worker
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.close()
+        await stop_worker_task(worker, task)
 
 
 async def test_a_worker_started_while_paused_stays_idle_and_runs_everything_once_on_resume(

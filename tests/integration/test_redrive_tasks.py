@@ -29,8 +29,9 @@ from shared.redrive_tasks.sending import send_batch
 from shared.redrive_tasks.throttle import Throttle
 from tests.factories import create_admin, create_admin_session, create_dlq_entry
 from tests.helpers import running_app
-from tests.worker_support import job
+from tests.worker_support import job, stop_worker_task
 from worker.fmhl_worker import build_worker
+from worker.redrive import stop_executor
 
 BASE = "/api/v1/admin/redrives"
 
@@ -256,10 +257,7 @@ async def worker_running(settings: Settings, pool: Any, redis: Any, fail: bool) 
     try:
         yield
     finally:
-        main.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await main
-        await worker.close()
+        await stop_worker_task(worker, main)
 
 
 @contextlib.asynccontextmanager
@@ -271,9 +269,7 @@ async def executor_running(
     try:
         yield executor
     finally:
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
+        await stop_executor(runner)
 
 
 async def wait_for_state(api: Api, task_id: str, *states: str, timeout: float = 30) -> dict[str, Any]:
