@@ -138,7 +138,10 @@ class _Family:
 
 
 class Exposition:
-    """Renders a fixed set of collectors; build one per registry and keep it (it holds the cache)."""
+    """Renders a registry's collectors; keep one per registry (it holds the label cache).
+
+    A collector registered later is picked up at the next render (the block order is recomputed
+    only then)."""
 
     def __init__(self) -> None:
         self._families: dict[str, _Family] = {}
