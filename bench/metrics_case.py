@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,10 +151,13 @@ async def metrics_case(backends: Backends, scale: Scale) -> list[Result]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
             size = 0
+            cpu_ms: list[float] = []  # this process's CPU per scrape: less swayed by a busy machine
 
             async def scrape() -> None:
                 nonlocal size
+                started = time.process_time()
                 response = await client.get("/metrics")
+                cpu_ms.append(1000 * (time.process_time() - started))
                 if response.status_code != 200:
                     raise RuntimeError(f"/metrics -> {response.status_code}")
                 size = len(response.content)
@@ -162,11 +166,17 @@ async def metrics_case(backends: Backends, scale: Scale) -> list[Result]:
                 await scrape()
             ours: list[float] = []
             baseline: list[float] = []
+            ours_cpu: list[float] = []
+            baseline_cpu: list[float] = []
             per_round = max(1, scale.latency_samples // scale.rounds)
             for _ in range(scale.rounds):
+                cpu_ms.clear()
                 ours.extend(await latencies_ms(scrape, per_round))
+                ours_cpu.extend(cpu_ms)
+                cpu_ms.clear()
                 with rendering_with_aioprometheus(metrics):
                     baseline.extend(await latencies_ms(scrape, per_round))
+                baseline_cpu.extend(cpu_ms)
             same = metrics.render() == reference_render(metrics)  # with the scrape gauges set too
     p95, base_p95 = percentile(ours, 95), percentile(baseline, 95)
     check = "same bytes as aioprometheus" if same else "WRONG: differs from aioprometheus's exposition"
@@ -182,7 +192,9 @@ async def metrics_case(backends: Backends, scale: Scale) -> list[Result]:
                 f"p50 {percentile(ours, 50):.1f} ms, {series:,} label sets, {size / 1024:.0f} KiB, "
                 f"n={len(ours)}; baseline = aioprometheus's renderer through the same route, "
                 f"alternating rounds: p50 {percentile(baseline, 50):.1f} ms, p95 {base_p95:.1f} ms "
-                f"(ours {base_p95 / p95:.1f}x faster at p95), n={len(baseline)}; {check}"
+                f"(ours {base_p95 / p95:.1f}x faster at p95), n={len(baseline)}; CPU per scrape "
+                f"p50/p95 ours {percentile(ours_cpu, 50):.1f}/{percentile(ours_cpu, 95):.1f} ms, "
+                f"baseline {percentile(baseline_cpu, 50):.1f}/{percentile(baseline_cpu, 95):.1f} ms; {check}"
             ),
         )
     ]
