@@ -1,10 +1,11 @@
 """Every Prometheus metric fmhl-ops defines, in one registry per process.
 
-This is the only module that imports aioprometheus (unmaintained since 2023-12: it does not
-escape label values, and its ASGI middleware has no latency histogram). Label values passed
-here must come from bounded sets: route templates, queue and function names, enums. Never raw
-paths or error text. ``_label`` enforces that defensively by replacing anything outside a
-conservative character set, so a bug elsewhere cannot corrupt the exposition format.
+This is the only module that imports aioprometheus (unmaintained since 2023-12: its renderer
+does not escape label values and is slow, so ``shared.infra.exposition`` renders its collectors;
+its ASGI middleware has no latency histogram). Label values passed here must come from bounded
+sets: route templates, queue and function names, enums. Never raw paths or error text.
+``_label`` enforces that defensively by replacing anything outside a conservative character set,
+so a bug elsewhere cannot grow the series count without bound (the renderer escapes any value).
 
 One ``Metrics`` object is built per process at its entrypoint and passed down (no module-level
 registry), so tests can build a fresh one and assert on it.
@@ -17,7 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
-from aioprometheus.renderer import render
+
+from shared.infra.exposition import CONTENT_TYPE, Exposition
 
 # Latency buckets (seconds). Alert thresholds must be bucket boundaries:
 # DistributionDurationHigh at 2 s, InboxQuerySlow at 1 s.
@@ -45,6 +47,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = Registry()
+        self._exposition = Exposition()
         self._http_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         r = self.registry
         # HTTP
@@ -240,6 +243,10 @@ class Metrics:
         return sorted(self.registry.collectors)
 
     def render(self) -> tuple[bytes, str]:
-        """Render the text exposition format; returns (body, content type)."""
-        body, headers = render(self.registry, [])
-        return body, str(headers.get("Content-Type", "text/plain; version=0.0.4; charset=utf-8"))
+        """Render the text exposition format; returns (body, content type).
+
+        ``shared.infra.exposition`` writes what aioprometheus's renderer would (escaped where that
+        one is not), formatting only values at each scrape: its generic renderer re-sorted and
+        re-joined every label set of every sample line, 19 ms for the bench's 817 label sets.
+        """
+        return self._exposition.render(self.registry.get_all()), CONTENT_TYPE
