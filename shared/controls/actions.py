@@ -111,7 +111,7 @@ class JobActionResult:
 
 
 @dataclass(frozen=True, slots=True)
-class BulkCancelResult:
+class BulkCancelled:
     queue: str
     function: str
     cancelled: int
@@ -315,7 +315,7 @@ async def bulk_cancel(
     max_jobs: int = BULK_CANCEL_MAX,
     actor_user_id: Any = None,
     ip: str | None = None,
-) -> BulkCancelResult:
+) -> BulkCancelled:
     """Cancel every waiting job of ``function`` on ``queue`` (up to ``max_jobs``), each recorded.
 
     The reason is required (a bulk action is confirmed like the DLQ group actions). One audit row
@@ -372,7 +372,7 @@ async def bulk_cancel(
     log_event(
         "WARNING", "jobs_bulk_cancelled", queue=queue, function=function, count=len(cancelled), actor=actor
     )
-    return BulkCancelResult(queue, function, len(cancelled), tuple(cancelled), skipped)
+    return BulkCancelled(queue, function, len(cancelled), tuple(cancelled), skipped)
 
 
 @dataclass(frozen=True, slots=True)
