@@ -27,7 +27,7 @@ from shared.redrive_tasks.lease import claim
 from shared.redrive_tasks.sending import send_batch
 from shared.redrive_tasks.throttle import Throttle
 from tests.factories import create_admin, create_admin_session, create_dlq_entry
-from tests.helpers import running_app
+from tests.helpers import assert_error, running_app
 from tests.worker_support import job, worker_running
 from worker.fmhl_worker import FmhlWorker
 from worker.redrive import stop_executor
@@ -73,14 +73,6 @@ async def api(settings: Settings, clean_db: Any, redis: Any) -> AsyncIterator[Ap
             redis,
             settings,
         )
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    if code is not None:
-        assert body["error"]["code"] == code, body
 
 
 async def entries(
