@@ -14,22 +14,17 @@ stderr with a non-zero exit, like every ``fmhl-ops`` command.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import sys
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO, TypeVar
 
-import asyncpg
-
 from cli.errors import CliError
+from cli.use_case import run_use_case
 from shared.auth.roles import ROLES
 from shared.auth.totp import mfa_cipher
 from shared.auth.users import create_user, disable_user, normalize_email, reset_mfa
 from shared.infra.config import Settings
-from shared.infra.correlation import bind_correlation_id, reset_correlation_id
-from shared.infra.db import create_pool
 from shared.infra.errors import DomainError
 
 T = TypeVar("T")
@@ -50,25 +45,9 @@ def read_password(stream: TextIO) -> str:
 
 def _run(settings: Settings, use_case: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``use_case(conn)`` on a short-lived pool, turning expected failures into one line."""
-
-    async def main() -> T:
-        token = bind_correlation_id(f"cli-{uuid.uuid4()}")
-        try:
-            pool = await create_pool(settings, application_name="fmhl-ops-admin")
-            try:
-                async with pool.acquire() as conn:
-                    return await use_case(conn)
-            finally:
-                await pool.close()
-        finally:
-            reset_correlation_id(token)
-
-    try:
-        return asyncio.run(main())
-    except DomainError as exc:
-        raise CliError(exc.message) from exc
-    except asyncpg.PostgresError as exc:
-        raise CliError(f"database error ({type(exc).__name__}): {exc}") from exc
+    return run_use_case(
+        settings, lambda conn, _redis: use_case(conn), application_name="fmhl-ops-admin", needs_redis=False
+    )
 
 
 def _email(raw: str) -> str:

@@ -12,22 +12,16 @@ paused queue or resuming a running one: one line on stderr, exit 1.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import asyncpg
-
 from cli.errors import CliError
+from cli.use_case import run_use_case
 from shared.controls.pause import check_pausable, pause_queue, resume_queue
 from shared.infra.config import Settings
-from shared.infra.correlation import bind_correlation_id, reset_correlation_id
-from shared.infra.db import create_pool
 from shared.infra.errors import DomainError
-from shared.infra.redis import create_redis
-from shared.jobs.pause_state import read_pauses
+from shared.jobs.pause_state import PauseState, read_pauses
 from shared.jobs.queues import JOB_QUEUES
 
 T = TypeVar("T")
@@ -43,29 +37,7 @@ def cli_actor() -> str:
 
 def _run(settings: Settings, use_case: Callable[[Any, Any], Awaitable[T]], *, needs_db: bool = True) -> T:
     """Run ``use_case(conn, redis)`` with short-lived clients; expected failures become one line."""
-
-    async def main() -> T:
-        token = bind_correlation_id(f"cli-{uuid.uuid4()}")
-        redis = create_redis(settings.require_redis_url())
-        try:
-            if not needs_db:
-                return await use_case(None, redis)
-            pool = await create_pool(settings, application_name="fmhl-ops-queue")
-            try:
-                async with pool.acquire() as conn:
-                    return await use_case(conn, redis)
-            finally:
-                await pool.close()
-        finally:
-            await redis.aclose()
-            reset_correlation_id(token)
-
-    try:
-        return asyncio.run(main())
-    except DomainError as exc:
-        raise CliError(exc.message) from exc
-    except asyncpg.PostgresError as exc:
-        raise CliError(f"database error ({type(exc).__name__}): {exc}") from exc
+    return run_use_case(settings, use_case, application_name="fmhl-ops-queue", needs_db=needs_db)
 
 
 def _checked(queue: str) -> str:
@@ -76,24 +48,26 @@ def _checked(queue: str) -> str:
     return queue
 
 
-def cmd_pause(args: argparse.Namespace, settings: Settings) -> int:
+def _change(
+    args: argparse.Namespace, settings: Settings, change: Callable[..., Awaitable[PauseState]]
+) -> tuple[str, PauseState]:
+    """Pause or resume ``args.queue`` (checked before any connection) as ``cli:<user>``."""
     queue = _checked(args.queue)
     settings.require_database_url()
     state = _run(
-        settings,
-        lambda conn, redis: pause_queue(conn, redis, queue=queue, actor=cli_actor(), reason=args.reason),
+        settings, lambda conn, redis: change(conn, redis, queue=queue, actor=cli_actor(), reason=args.reason)
     )
+    return queue, state
+
+
+def cmd_pause(args: argparse.Namespace, settings: Settings) -> int:
+    queue, state = _change(args, settings, pause_queue)
     print(f"paused {queue} at {state.since.isoformat()} by {state.by}: {state.reason}")
     return 0
 
 
 def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
-    queue = _checked(args.queue)
-    settings.require_database_url()
-    ended = _run(
-        settings,
-        lambda conn, redis: resume_queue(conn, redis, queue=queue, actor=cli_actor(), reason=args.reason),
-    )
+    queue, ended = _change(args, settings, resume_queue)
     print(f"resumed {queue} (paused since {ended.since.isoformat()} by {ended.by})")
     return 0
 

@@ -88,3 +88,14 @@ def signal_tree(pid: int, sig: int) -> None:
     for member in process_tree(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(member, sig)
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
+    """The JSON error shape (``service/errors.py``) with ``status`` and ``code``, nothing leaked."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert "Traceback" not in response.text and "SELECT" not in response.text

@@ -4,6 +4,7 @@ interpreter exits (an interrupted teardown, a second Ctrl-C) is killed by an ate
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import os
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -149,3 +150,21 @@ def wait_http(
         time.sleep(0.1)
     detail = proc.output()[-3000:] if proc is not None else ""
     raise AssertionError(f"{url} did not answer {status} within {timeout}s ({last}):\n{detail}")
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[object]],
+    timeout: float,
+    what: str,
+    *procs: Proc,
+    interval: float = 0.1,
+) -> None:
+    """Poll ``predicate`` until it is truthy; after ``timeout`` s fail with ``what`` and the tail of
+    each of ``procs``' output (the processes whose logs say why)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(interval)
+    output = "\n".join(proc.output()[-3000:] for proc in procs)
+    raise AssertionError(f"timed out waiting for {what}\n{output}")

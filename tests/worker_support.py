@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from arq.worker import Function
@@ -63,3 +64,31 @@ async def stop_worker_task(worker: FmhlWorker, task: asyncio.Future[Any]) -> Non
     if not task.cancelled() and task.exception() is not None:
         raise task.exception()  # type: ignore[misc]
     await worker.close()
+
+
+@contextlib.asynccontextmanager
+async def worker_running(
+    queue: str,
+    settings: Settings,
+    pool: Any,
+    redis: Any,
+    functions: Sequence[Function],
+    *,
+    poll_delay: float = 0.05,
+) -> AsyncIterator[FmhlWorker]:
+    """A (non-burst) worker's ``main()`` running in this process for the block; stopped after it
+    by ``stop_worker_task``. The test's Redis stays open (the worker does not own it)."""
+    worker = build_worker(
+        queue,
+        settings,
+        functions=functions,
+        redis=redis,
+        ctx={"db": Database.from_pool(settings, pool)},
+        poll_delay=poll_delay,
+        handle_signals=False,
+    )
+    task = asyncio.ensure_future(worker.main())
+    try:
+        yield worker
+    finally:
+        await stop_worker_task(worker, task)

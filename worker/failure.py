@@ -43,10 +43,10 @@ from shared.infra.metrics import Metrics
 from shared.infra.redis import cancelled_job_key
 from shared.infra.tracing import job_span, tracing_enabled
 from shared.jobs.policy import RetryPolicy
-from shared.jobs.queues import TRACELINK_KWARG, TRACEPARENT_KWARG
+from shared.jobs.queues import TRACELINK_KWARG, TRACEPARENT_KWARG, split_reserved_kwargs
 from shared.jobs.retry_trace import record_retry
 from worker.aborts import record_if_aborted
-from worker.failure_records import record_from_exception, safe_message, split_reserved_kwargs
+from worker.failure_records import record_from_exception, safe_message
 from worker.poison import at_end_of_try, at_pickup
 
 JobFunction = Callable[..., Awaitable[Any]]

@@ -45,8 +45,7 @@ from shared.dlq.content import (
     truncate_middle,
 )
 from shared.dlq.fingerprint import fingerprint, top_app_frame
-from shared.infra.ids import parse_uuid
-from shared.jobs.queues import CORRELATION_KWARG, RETRY_OF_KWARG, TRACELINK_KWARG, TRACEPARENT_KWARG
+from shared.jobs.queues import split_reserved_kwargs
 
 MAX_CHAIN = 10
 MAX_FRAMES = 100
@@ -55,17 +54,6 @@ MAX_FRAME_TEXT = 2000
 TRACE_MESSAGE_LIMIT = 8192
 MAX_GROUP_WIDTH = 15
 MAX_GROUP_DEPTH = 5
-
-
-def split_reserved_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], str | None, uuid.UUID | None]:
-    """(business kwargs, correlation id, retry_of) from a job's kwargs."""
-    clean = dict(kwargs)
-    correlation_id = clean.pop(CORRELATION_KWARG, None)
-    retry_of_raw = clean.pop(RETRY_OF_KWARG, None)
-    clean.pop(TRACEPARENT_KWARG, None)  # the trace travels again with a redrive's own context
-    clean.pop(TRACELINK_KWARG, None)  # likewise the link (from the new row's own trace)
-    retry_of = parse_uuid(retry_of_raw) if isinstance(retry_of_raw, str) else None
-    return clean, (str(correlation_id) if correlation_id else None), retry_of
 
 
 # -- rendering an exception without trusting it -----------------------------------------------

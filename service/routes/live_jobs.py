@@ -18,7 +18,7 @@ every waiting job of the function (up to 10,000 per call). ``false`` or 0 is a 4
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from msgspec import Meta, Struct
@@ -26,7 +26,7 @@ from msgspec import Meta, Struct
 from service.contract import Call, NoBody, operation
 from shared.controls.actions import (
     BULK_CANCEL_MAX,
-    BulkCancelResult,
+    BulkCancelled,
     JobActionResult,
     WaitingCount,
     abort_job,
@@ -98,15 +98,6 @@ class BulkCancelBody(Struct, forbid_unknown_fields=True):
     ]
 
 
-@dataclass(frozen=True, slots=True)
-class BulkCancelled:
-    queue: str
-    function: str
-    cancelled: int
-    job_ids: tuple[str, ...]
-    skipped_running: int
-
-
 def _who(call: Call[Any, Any]) -> dict[str, Any]:
     principal = call.principal
     return {"actor": principal.email, "actor_user_id": principal.user_id, "ip": call.ip}
@@ -114,6 +105,14 @@ def _who(call: Call[Any, Any]) -> dict[str, Any]:
 
 def _job(call: Call[JobRef, Any]) -> dict[str, Any]:
     return {"queue": call.params.queue, "job_id": call.params.job_id}
+
+
+async def _act(
+    call: Call[JobRef, ActionBody], action: Callable[..., Awaitable[JobActionResult]]
+) -> JobActionResult:
+    """One action on the job in the path, by the caller, with the body's reason."""
+    async with call.state.db.pool.acquire() as conn:
+        return await action(conn, call.state.redis, reason=call.body.reason, **_job(call), **_who(call))
 
 
 def check_function(queue: str, function: str) -> None:
@@ -171,13 +170,10 @@ async def bulk_cancel_jobs(call: Call[QueueRef, BulkCancelBody]) -> BulkCancelle
     check_function(queue, body.function)
     max_jobs = confirmed_max(body.confirm)
     async with call.state.db.pool.acquire() as conn:
-        result: BulkCancelResult = await bulk_cancel(
+        return await bulk_cancel(
             conn, call.state.redis, queue=queue, function=body.function, reason=body.reason,
             max_jobs=max_jobs, **_who(call),
         )  # fmt: skip
-    return BulkCancelled(
-        result.queue, result.function, result.cancelled, result.job_ids, result.skipped_running
-    )
 
 
 @operation("GET", BASE + "/{job_id}", params=JobRef, body=NoBody, response=LiveJob, operation_id="getLiveJob",
@@ -197,8 +193,7 @@ async def job_detail(call: Call[JobRef, NoBody]) -> LiveJob:
            summary="Cancel a queued, scheduled or retrying job: removed, audited, kept as a resolved DLQ row",
            response_description="the job is cancelled", errors=ACTION_ERRORS, **ADMIN)  # fmt: skip
 async def cancel(call: Call[JobRef, ActionBody]) -> JobActionResult:
-    async with call.state.db.pool.acquire() as conn:
-        return await cancel_job(conn, call.state.redis, reason=call.body.reason, **_job(call), **_who(call))
+    return await _act(call, cancel_job)
 
 
 @operation("POST", BASE + "/{job_id}/abort", params=JobRef, body=ActionBody, response=JobActionResult,
@@ -206,8 +201,7 @@ async def cancel(call: Call[JobRef, ActionBody]) -> JobActionResult:
            summary="Abort a running job through arq's abort: its worker cancels it and records it as aborted",
            response_description="abort requested", errors=ACTION_ERRORS, **ADMIN)  # fmt: skip
 async def abort(call: Call[JobRef, ActionBody]) -> JobActionResult:
-    async with call.state.db.pool.acquire() as conn:
-        return await abort_job(conn, call.state.redis, reason=call.body.reason, **_job(call), **_who(call))
+    return await _act(call, abort_job)
 
 
 @operation("POST", BASE + "/{job_id}/run-now", params=JobRef, body=ActionBody, response=JobActionResult,
@@ -215,8 +209,7 @@ async def abort(call: Call[JobRef, ActionBody]) -> JobActionResult:
            summary="Make a scheduled or retrying job due now (it keeps its try count)",
            response_description="due now", errors=ACTION_ERRORS, **ADMIN)  # fmt: skip
 async def run_now(call: Call[JobRef, ActionBody]) -> JobActionResult:
-    async with call.state.db.pool.acquire() as conn:
-        return await run_job_now(conn, call.state.redis, reason=call.body.reason, **_job(call), **_who(call))
+    return await _act(call, run_job_now)
 
 
 # Starlette matches in this order: the fixed paths before ``{job_id}``.

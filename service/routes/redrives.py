@@ -30,7 +30,7 @@ from shared.redrive_tasks.model import (
     MAX_IN_FLIGHT,
     MAX_RATE_PER_SECOND,
     RedriveTask,
-    TaskState,
+    TaskFields,
 )
 from shared.redrive_tasks.selection import MAX_IDS, DryRun, SelectionFilter, TaskSpec, create_task, dry_run
 
@@ -80,46 +80,25 @@ class TaskRef(Struct, forbid_unknown_fields=True):
     task_id: uuid.UUID
 
 
-class TaskView(Struct, tag_field="kind", tag="redrive_task"):
+class TaskView(TaskFields, tag_field="kind", tag="redrive_task", frozen=True, kw_only=True):
     """A task with its progress: sent / succeeded / failed again / in flight / remaining."""
 
-    id: uuid.UUID
-    name: str
-    reason: str
-    selection: dict[str, Any]
-    state: TaskState
-    state_reason: str | None
-    rate_per_second: float
-    max_in_flight: int
-    breaker_min_outcomes: int
-    breaker_threshold: float
-    total: int
-    sent: int
-    succeeded: int
-    failed_again: int
     in_flight: Annotated[int, Meta(description="sent, outcome not in yet")]
-    skipped: Annotated[int, Meta(description="resolved elsewhere before their turn, or not replayable")]
     remaining: Annotated[int, Meta(description="not sent yet")]
     achieved_rate: Annotated[float | None, Meta(description="jobs/s between the first and last send")]
     eta_seconds: float | None
-    created_by: str
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
     waiting_on_paused_queues: list[str] | UnsetType = UNSET
 
     @classmethod
     def of(cls, task: RedriveTask, paused: list[str] | UnsetType = UNSET) -> TaskView:
         return cls(
-            id=task.id, name=task.name, reason=task.reason, selection=task.selection, state=task.state,
-            state_reason=task.state_reason, rate_per_second=task.rate_per_second,
-            max_in_flight=task.max_in_flight, breaker_min_outcomes=task.breaker_min_outcomes,
-            breaker_threshold=task.breaker_threshold, total=task.total, sent=task.sent,
-            succeeded=task.succeeded, failed_again=task.failed_again, in_flight=task.in_flight,
-            skipped=task.skipped, remaining=task.remaining, achieved_rate=task.achieved_rate,
-            eta_seconds=task.eta_seconds, created_by=task.created_by, created_at=task.created_at,
-            started_at=task.started_at, finished_at=task.finished_at, waiting_on_paused_queues=paused,
-        )  # fmt: skip
+            **{name: getattr(task, name) for name in TaskFields.__struct_fields__},
+            in_flight=task.in_flight,
+            remaining=task.remaining,
+            achieved_rate=task.achieved_rate,
+            eta_seconds=task.eta_seconds,
+            waiting_on_paused_queues=paused,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,7 +111,7 @@ class JobActionResult:
 
 
 @dataclass(frozen=True, slots=True)
-class BulkCancelResult:
+class BulkCancelled:
     queue: str
     function: str
     cancelled: int
@@ -119,8 +119,27 @@ class BulkCancelResult:
     skipped_running: int
 
 
-def _target(queue: str, job_id: str) -> str:
-    return f"{queue}:{job_id}"
+async def _audit(
+    conn: Conn,
+    action: str,
+    queue: str,
+    job_id: str,
+    actor: str,
+    note: str,
+    actor_user_id: Any,
+    ip: str | None,
+) -> None:
+    """The audit row of one action on one job (target ``job`` ``{queue}:{job_id}``)."""
+    await audit.record(
+        conn,
+        actor=actor,
+        actor_user_id=actor_user_id,
+        action=action,
+        target_type="job",
+        target_id=f"{queue}:{job_id}",
+        metadata={"reason": note},
+        ip=ip,
+    )
 
 
 def _decode(value: Any) -> str:
@@ -179,16 +198,7 @@ async def cancel_job(
     ended: EndedJob | None = None
     try:
         async with conn.transaction():
-            await audit.record(
-                conn,
-                actor=actor,
-                actor_user_id=actor_user_id,
-                action=ACTION_CANCEL,
-                target_type="job",
-                target_id=_target(queue, job_id),
-                metadata={"reason": note},
-                ip=ip,
-            )
+            await _audit(conn, ACTION_CANCEL, queue, job_id, actor, note, actor_user_id, ip)
             status, definition, tries = await _remove(redis, queue, job_id, actor)
             if status == "running":
                 raise Conflict(f"job {job_id} is running: abort it instead", code="job_running")
@@ -232,16 +242,7 @@ async def abort_job(
     now = datetime.now(UTC)
     request = orjson.dumps({"by": actor, "reason": note, "at": now.isoformat()})
     async with conn.transaction():
-        await audit.record(
-            conn,
-            actor=actor,
-            actor_user_id=actor_user_id,
-            action=ACTION_ABORT,
-            target_type="job",
-            target_id=_target(queue, job_id),
-            metadata={"reason": note},
-            ip=ip,
-        )
+        await _audit(conn, ACTION_ABORT, queue, job_id, actor, note, actor_user_id, ip)
         status = _decode(
             await redis.eval(
                 _ABORT,
@@ -282,16 +283,7 @@ async def run_job_now(
     note = clean_reason(reason, required=False)
     now = datetime.now(UTC)
     async with conn.transaction():
-        await audit.record(
-            conn,
-            actor=actor,
-            actor_user_id=actor_user_id,
-            action=ACTION_RUN_NOW,
-            target_type="job",
-            target_id=_target(queue, job_id),
-            metadata={"reason": note},
-            ip=ip,
-        )
+        await _audit(conn, ACTION_RUN_NOW, queue, job_id, actor, note, actor_user_id, ip)
         status = _decode(
             await redis.eval(
                 _RUN_NOW,
@@ -323,7 +315,7 @@ async def bulk_cancel(
     max_jobs: int = BULK_CANCEL_MAX,
     actor_user_id: Any = None,
     ip: str | None = None,
-) -> BulkCancelResult:
+) -> BulkCancelled:
     """Cancel every waiting job of ``function`` on ``queue`` (up to ``max_jobs``), each recorded.
 
     The reason is required (a bulk action is confirmed like the DLQ group actions). One audit row
@@ -339,19 +331,14 @@ async def bulk_cancel(
     skipped = 0
     offset = 0
     while len(cancelled) < max_jobs:
-        members = await redis.zrange(queue, offset, offset + BULK_PAGE - 1)
-        if not members:
+        page = await _queue_page(redis, queue, offset)
+        if not page:
             break
-        ids = [m.decode() for m in members]
-        pipe = redis.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.get(job_key_prefix + job_id)
-        definitions = await pipe.execute()
         removed_here = 0
-        for job_id, definition in zip(ids, definitions, strict=True):
+        for job_id, job_function, _running in page:
             if len(cancelled) >= max_jobs:
                 break
-            if not definition or _function_of(definition) != function:
+            if job_function != function:
                 continue
             try:
                 await cancel_job(
@@ -371,7 +358,7 @@ async def bulk_cancel(
                 continue  # finished meanwhile
             cancelled.append(job_id)
             removed_here += 1
-        offset += len(ids) - removed_here  # removed members shifted the ranks down
+        offset += len(page) - removed_here  # removed members shifted the ranks down
     await audit.record(
         conn,
         actor=actor,
@@ -385,7 +372,7 @@ async def bulk_cancel(
     log_event(
         "WARNING", "jobs_bulk_cancelled", queue=queue, function=function, count=len(cancelled), actor=actor
     )
-    return BulkCancelResult(queue, function, len(cancelled), tuple(cancelled), skipped)
+    return BulkCancelled(queue, function, len(cancelled), tuple(cancelled), skipped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,22 +400,31 @@ async def count_waiting(
     count = scanned = 0
     offset = 0
     while count < max_count and scanned < max_scan:
-        members = await redis.zrange(queue, offset, offset + BULK_PAGE - 1)
-        if not members:
+        page = await _queue_page(redis, queue, offset)
+        if not page:
             return WaitingCount(queue, function, count, False)
-        ids = [m.decode() for m in members]
-        pipe = redis.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.get(job_key_prefix + job_id)
-            pipe.exists(in_progress_key_prefix + job_id)
-        replies = await pipe.execute()
-        for n in range(len(ids)):
-            definition, running = replies[2 * n], replies[2 * n + 1]
-            if definition and not running and _function_of(definition) == function:
-                count += 1
-        scanned += len(ids)
-        offset += len(ids)
+        count += sum(1 for _, job_function, running in page if job_function == function and not running)
+        scanned += len(page)
+        offset += len(page)
     return WaitingCount(queue, function, min(count, max_count), True)
+
+
+async def _queue_page(redis: RedisClient, queue: str, offset: int) -> list[tuple[str, str | None, bool]]:
+    """``BULK_PAGE`` members of the queue zset from rank ``offset``, each as (job id, function or
+    ``None`` when its definition is gone or undecodable, running), in one round trip after the page."""
+    members = await redis.zrange(queue, offset, offset + BULK_PAGE - 1)
+    if not members:
+        return []
+    ids = [m.decode() for m in members]
+    pipe = redis.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.get(job_key_prefix + job_id)
+        pipe.exists(in_progress_key_prefix + job_id)
+    replies = await pipe.execute()
+    return [
+        (job_id, _function_of(replies[2 * n]) if replies[2 * n] else None, bool(replies[2 * n + 1]))
+        for n, job_id in enumerate(ids)
+    ]
 
 
 def _function_of(definition: bytes) -> str | None:

@@ -38,13 +38,7 @@ from shared.infra.errors import Invalid, NotFound
 from shared.infra.redis import JOB_LAST_ERROR_KEY_PREFIX, RedisClient, job_last_error_key, retrying_index_key
 from shared.jobs.catalogue import jobs_on
 from shared.jobs.heartbeat import read_heartbeats
-from shared.jobs.queues import (
-    CORRELATION_KWARG,
-    JOB_QUEUES,
-    RETRY_OF_KWARG,
-    TRACELINK_KWARG,
-    TRACEPARENT_KWARG,
-)
+from shared.jobs.queues import CORRELATION_KWARG, JOB_QUEUES, RESERVED_KWARGS
 from shared.jobs.retry_trace import LastError
 
 JobState = Literal["queued", "scheduled", "retrying", "running"]
@@ -53,7 +47,6 @@ LIST_PREVIEW_CHARS = 200
 DETAIL_PREVIEW_CHARS = 4096
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
-_RESERVED_KWARGS = (CORRELATION_KWARG, RETRY_OF_KWARG, TRACEPARENT_KWARG, TRACELINK_KWARG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +192,7 @@ def _build(
             kwargs = data.get("k") or {}
             if isinstance(kwargs, dict):
                 correlation_id = kwargs.get(CORRELATION_KWARG)
-                kwargs = {k: v for k, v in kwargs.items() if k not in _RESERVED_KWARGS}
+                kwargs = {k: v for k, v in kwargs.items() if k not in RESERVED_KWARGS}
             preview = _preview({"args": data.get("a") or [], "kwargs": kwargs}, preview_chars)
             enqueued_at = _ms_to_dt(data.get("et"))
         except (ValueError, TypeError, AttributeError):

@@ -37,7 +37,7 @@ from shared.dlq.reasons import ABORTED, CANCELLED, ControlReason
 from shared.infra.db import Conn, Database, fetchval
 from shared.infra.logs import log_event
 from shared.infra.redis import RedisClient
-from shared.jobs.queues import CORRELATION_KWARG, RETRY_OF_KWARG, TRACELINK_KWARG, TRACEPARENT_KWARG
+from shared.jobs.queues import split_reserved_kwargs
 
 ERROR_TYPES: dict[str, str] = {CANCELLED: "JobCancelled", ABORTED: "JobAborted"}
 RESOLUTION = "manual"
@@ -114,11 +114,8 @@ def ended_from_call(
     note: str,
     correlation_id: str | None = None,
 ) -> EndedJob:
-    clean = dict(kwargs)
-    cid = clean.pop(CORRELATION_KWARG, None) or correlation_id
-    clean.pop(RETRY_OF_KWARG, None)
-    clean.pop(TRACEPARENT_KWARG, None)  # tracing's reserved kwargs: a redrive carries its own
-    clean.pop(TRACELINK_KWARG, None)
+    clean, cid, _ = split_reserved_kwargs(kwargs)
+    cid = cid or correlation_id
     return EndedJob(
         queue=queue,
         job_id=job_id,

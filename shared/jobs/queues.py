@@ -7,7 +7,11 @@ below is one of them.
 
 from __future__ import annotations
 
-from typing import Final, Literal, get_args
+import uuid
+from collections.abc import Mapping
+from typing import Any, Final, Literal, get_args
+
+from shared.infra.ids import parse_uuid
 
 JobQueueName = Literal["distribute_lead", "email_send", "report_export"]
 QueueName = Literal[JobQueueName, "scheduler"]
@@ -33,3 +37,14 @@ TRACEPARENT_KWARG: Final = "_traceparent"
 # Reserved job kwarg set by a DLQ retry when the entry kept its trace: the original failure's
 # capturing span as a W3C traceparent; the run links to it (fmhl.link=redrive), never parents.
 TRACELINK_KWARG: Final = "_tracelink"
+RESERVED_KWARGS: Final = (CORRELATION_KWARG, RETRY_OF_KWARG, TRACEPARENT_KWARG, TRACELINK_KWARG)
+
+
+def split_reserved_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], str | None, uuid.UUID | None]:
+    """(business kwargs, correlation id, retry_of) from a job's kwargs. Every reserved kwarg is
+    left out of the business ones: the trace context travels again with a redrive's own."""
+    clean = {key: value for key, value in kwargs.items() if key not in RESERVED_KWARGS}
+    correlation_id = kwargs.get(CORRELATION_KWARG)
+    retry_of_raw = kwargs.get(RETRY_OF_KWARG)
+    retry_of = parse_uuid(retry_of_raw) if isinstance(retry_of_raw, str) else None
+    return clean, (str(correlation_id) if correlation_id else None), retry_of

@@ -9,9 +9,10 @@ was already resolved (by hand, by a single retry, by another task), pruned, or h
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal, get_args
+from typing import Annotated, Any, Final, Literal, get_args
+
+from msgspec import Meta, Struct
 
 TaskState = Literal["pending", "running", "paused", "completed", "cancelled", "tripped"]
 TASK_STATES: Final[tuple[TaskState, ...]] = get_args(TaskState)
@@ -31,8 +32,10 @@ MAX_RATE_PER_SECOND: Final = 5000.0
 MAX_IN_FLIGHT: Final = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class RedriveTask:
+class TaskFields(Struct, frozen=True, kw_only=True):
+    """What a task shows as stored, said once: the task (``RedriveTask``) and the API's view of it
+    (``service.routes.redrives.TaskView``) both extend it."""
+
     id: uuid.UUID
     name: str
     reason: str
@@ -47,14 +50,17 @@ class RedriveTask:
     sent: int
     succeeded: int
     failed_again: int
-    skipped: int
+    skipped: Annotated[int, Meta(description="resolved elsewhere before their turn, or not replayable")]
     created_by: str
     created_at: datetime
-    updated_at: datetime
     started_at: datetime | None
+    finished_at: datetime | None
+
+
+class RedriveTask(TaskFields, frozen=True, kw_only=True):
+    updated_at: datetime
     first_sent_at: datetime | None
     last_sent_at: datetime | None
-    finished_at: datetime | None
 
     @property
     def in_flight(self) -> int:
@@ -84,7 +90,7 @@ class RedriveTask:
 
     @classmethod
     def from_row(cls, row: Any) -> RedriveTask:
-        return cls(**{name: row[name] for name in cls.__slots__})
+        return cls(**{name: row[name] for name in cls.__struct_fields__})
 
 
 TASK_COLUMNS = """

@@ -27,7 +27,7 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from cli.embedded import free_port
 from shared.jobs.enqueue import enqueue
 from shared.jobs.queues import EMAIL_SEND
-from tests.procs import FMHL_OPS, Proc, base_env, wait_http
+from tests.procs import FMHL_OPS, Proc, base_env, wait_http, wait_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "console"
@@ -117,15 +117,6 @@ async def browser() -> AsyncIterator[Browser]:
             await launched.close()
 
 
-async def _wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 class Shots:
     def __init__(self) -> None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -180,7 +171,7 @@ async def test_on_call_signs_in_retries_a_failure_and_sees_its_lineage(
     async def captured() -> bool:
         return bool(await clean_db.fetchval("SELECT count(*) FROM dead_letter_queue"))
 
-    await _wait_for(captured, 30, "the failing job's DLQ entry")
+    await wait_until(captured, 30, "the failing job's DLQ entry", interval=0.2)
 
     context, page, problems = await _new_context(browser)
     sign_in_page = page
@@ -227,7 +218,7 @@ async def test_on_call_signs_in_retries_a_failure_and_sees_its_lineage(
         await page.reload()
         return await page.get_by_text("failed again as").count() > 0
 
-    await _wait_for(lineage_shows_the_retry, 30, "the retry's own DLQ entry in the lineage")
+    await wait_until(lineage_shows_the_retry, 30, "the retry's own DLQ entry in the lineage", interval=0.2)
     assert await page.get_by_text("dlq.retry").count() == 1  # the entry's audit history
     await shots.take(page, "entry-retried")
     await page.locator("ol.lineage a").last.click()

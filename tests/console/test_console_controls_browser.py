@@ -13,34 +13,35 @@ from __future__ import annotations
 import asyncio
 import email
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pyotp
 import pytest
-from aiosmtpd.controller import Controller
 from cryptography.fernet import Fernet
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser
 
 from cli.embedded import free_port
 from shared.jobs.enqueue import enqueue
 from shared.jobs.heartbeat import read_heartbeats
 from shared.jobs.queues import EMAIL_SEND
 from shared.jobs.retry_trace import record_retry
+from tests.console import test_console_browser as console_browser
 from tests.console.test_console_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     Shots,
     _create_account,
     _new_context,
     _sign_in,
     pytestmark,  # noqa: F401  (skipped without Debian's chromium)
 )
-from tests.procs import Proc, base_env, wait_http
+from tests.procs import Proc, wait_http, wait_until
+from tests.smtp import smtp_env, smtp_server
 
 JOBS = f"/console/queues/{EMAIL_SEND}/jobs"
+
+# The browser of the console test (one Chromium launch per test).
+browser = console_browser.browser
 
 
 class HoldingSmtp:
@@ -64,14 +65,11 @@ class HoldingSmtp:
 @pytest.fixture
 def smtp() -> Iterator[tuple[int, HoldingSmtp]]:
     handler = HoldingSmtp()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield port, handler
-    finally:
-        handler.release.set()
-        controller.stop()
+    with smtp_server(handler) as port:
+        try:
+            yield port, handler
+        finally:
+            handler.release.set()
 
 
 @dataclass
@@ -86,14 +84,12 @@ class Stack:
 async def stack(
     database_url: str, redis_url: str, clean_db: Any, redis: Any, smtp: tuple[int, HoldingSmtp]
 ) -> AsyncIterator[Stack]:
-    env = base_env(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
+    env = smtp_env(
+        database_url,
+        redis_url,
+        smtp[0],
         MFA_ENCRYPTION_KEY=Fernet.generate_key().decode(),
         CONSOLE_INSECURE_COOKIES="1",
-        EMAIL_BACKEND="smtp",
-        SMTP_HOST="127.0.0.1",
-        SMTP_PORT=str(smtp[0]),
     )
     totp = await asyncio.to_thread(_create_account, env, "oncall@example.test", "admin")
     port = free_port()
@@ -105,28 +101,6 @@ async def stack(
     finally:
         worker.stop()
         server.stop()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-async def _wait_for(predicate: Any, timeout: float, what: str, *procs: Proc) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.1)
-    output = "\n".join(proc.output()[-3000:] for proc in procs)
-    raise AssertionError(f"timed out waiting for {what}\n{output}")
 
 
 async def _send(redis: Any, to: str, key: str, **kwargs: Any) -> str:
@@ -150,7 +124,7 @@ async def test_on_call_runs_now_cancels_aborts_and_pauses_from_the_console(
         listed = [job for beat in await read_heartbeats(redis) for job, _ in beat.running]
         return holding.held.is_set() and slow in listed
 
-    await _wait_for(slow_is_running, 30, "the slow job running in the worker", *stack.procs)
+    await wait_until(slow_is_running, 30, "the slow job running in the worker", *stack.procs)
     later = await _send(redis, "later@example.test", "later-1", defer_by_seconds=3600)
     unwanted = await _send(redis, "unwanted@example.test", "unwanted-1", defer_by_seconds=3600)
     for n in range(3):  # waiting for their next try, as the failure decorator leaves them
@@ -183,7 +157,7 @@ async def test_on_call_runs_now_cancels_aborts_and_pauses_from_the_console(
     async def delivered() -> bool:
         return "later-1" in holding.delivered
 
-    await _wait_for(delivered, 20, "the run-now job delivered", *stack.procs)
+    await wait_until(delivered, 20, "the run-now job delivered", *stack.procs)
 
     # Cancel: removed and kept as a resolved ``cancelled`` DLQ row.
     await page.goto(f"{stack.base}{JOBS}/{unwanted}")
@@ -206,7 +180,7 @@ async def test_on_call_runs_now_cancels_aborts_and_pauses_from_the_console(
         reason = await clean_db.fetchval("SELECT reason FROM dead_letter_queue WHERE job_id = $1", slow)
         return bool(reason == "aborted")
 
-    await _wait_for(aborted, 20, "the worker recording the abort", *stack.procs)
+    await wait_until(aborted, 20, "the worker recording the abort", *stack.procs)
     holding.release.set()
 
     # Pause and resume from the overview, with a required reason.

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from shared.jobs.queues import SCHEDULER
 from tests.console import test_console_browser as console_browser
 from tests.console.test_console_browser import CHROMIUM, Shots, Stack, _new_context, _sign_in
 from tests.e2e.test_redrive_processes import FAILED_EMAILS
-from tests.procs import Proc, base_env
+from tests.procs import Proc, base_env, wait_until
 
 # The real-process stack (serve + email worker, an admin account) and the browser of the console test.
 stack = console_browser.stack
@@ -28,15 +27,6 @@ pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(
 
 async def _number(page: Page, testid: str) -> int:
     return int((await page.get_by_test_id(testid).inner_text()).replace(",", ""))
-
-
-async def _until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.timeout(150)
@@ -68,8 +58,10 @@ async def test_on_call_redrives_a_group_and_pauses_resumes_cancels_it(
         )
 
         # progress updates by itself (htmx every second), no reload
-        await _until(lambda: _sent_at_least(page, 15), 60, "the task to send 15 entries")
-        await _until(lambda: _number_at_least(page, "succeeded", 5), 30, "outcomes to come in")
+        await wait_until(lambda: _sent_at_least(page, 15), 60, "the task to send 15 entries", interval=0.2)
+        await wait_until(
+            lambda: _number_at_least(page, "succeeded", 5), 30, "outcomes to come in", interval=0.2
+        )
         assert await page.get_by_test_id("state").inner_text() == "running"
         await shots.take(page, "redrive-running")
 
@@ -84,7 +76,7 @@ async def test_on_call_redrives_a_group_and_pauses_resumes_cancels_it(
 
         await page.get_by_role("button", name="Resume").click()
         await page.wait_for_url(f"{task_url}?done=resume")
-        await _until(lambda: _sent_at_least(page, held + 10), 30, "sending to resume")
+        await wait_until(lambda: _sent_at_least(page, held + 10), 30, "sending to resume", interval=0.2)
 
         await page.get_by_role("button", name="Cancel").click()
         await page.wait_for_url(f"{task_url}?done=cancel")

@@ -16,10 +16,9 @@ from shared.controls.actions import abort_job, cancel_job
 from shared.controls.live import list_live_jobs
 from shared.infra.errors import Conflict, NotFound
 from shared.jobs.queues import EMAIL_SEND
-from tests.e2e.test_queue_pause_processes import RecordingSmtp, _enqueue, _env, _wait_for, _workers_up
+from tests.e2e.test_queue_pause_processes import _enqueue, _wait_for, _workers_up
 from tests.procs import Proc, base_env
-
-__all__ = ["RecordingSmtp"]
+from tests.smtp import RecordingSmtp, smtp_env
 
 
 async def test_cancel_racing_two_workers_leaves_each_job_run_once_or_cancelled_once(
@@ -75,7 +74,7 @@ async def test_abort_of_a_job_running_in_a_worker_process_is_recorded_not_captur
     controller = Controller(server, hostname="127.0.0.1", port=port)
     controller.start()
     worker = Proc(
-        ["worker", EMAIL_SEND], _env(database_url, redis_url, port, SMTP_TIMEOUT_SECONDS="60")
+        ["worker", EMAIL_SEND], smtp_env(database_url, redis_url, port, SMTP_TIMEOUT_SECONDS="60")
     ).start()
     try:
         await _wait_for(lambda: _workers_up(redis, 1), 60, "the worker's heartbeat", worker)

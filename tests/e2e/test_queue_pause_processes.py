@@ -8,84 +8,31 @@ once" is one outbox row and one accepted message per idempotency key.
 from __future__ import annotations
 
 import asyncio
-import email
 import signal
-import threading
 import time
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import orjson
 import pytest
-from aiosmtpd.controller import Controller
 
-from cli.embedded import free_port
 from shared.controls.pause import pause_queue, resume_queue
 from shared.jobs.enqueue import enqueue
 from shared.jobs.heartbeat import read_heartbeats
 from shared.jobs.queues import EMAIL_SEND
-from tests.procs import Proc, base_env
-
-
-class RecordingSmtp:
-    """Accepts mail after ``delay`` s (or answers 451 while ``down``); records every attempt."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
-        self.down = False
-        self.attempts: list[tuple[str, float, str]] = []  # (idempotency key, time, reply)
-        self._lock = threading.Lock()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        key = str(email.message_from_bytes(envelope.content).get("X-FMHL-Idempotency-Key", ""))
-        if self.down:
-            self._note(key, "451")
-            return "451 4.3.0 Try again later"
-        await asyncio.sleep(self.delay)
-        self._note(key, "250")
-        return "250 OK"
-
-    def _note(self, key: str, reply: str) -> None:
-        with self._lock:
-            self.attempts.append((key, time.time(), reply))
-
-    def delivered(self) -> Counter[str]:
-        with self._lock:
-            return Counter(key for key, _, reply in self.attempts if reply == "250")
+from tests.procs import Proc, wait_until
+from tests.smtp import RecordingSmtp, smtp_env, smtp_server
 
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[int, RecordingSmtp]]:
     handler = RecordingSmtp(delay=1.0)
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
+    with smtp_server(handler) as port:
         yield port, handler
-    finally:
-        controller.stop()
 
 
-def _env(database_url: str, redis_url: str, smtp_port: int, **extra: str) -> dict[str, str]:
-    return base_env(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        EMAIL_BACKEND="smtp",
-        SMTP_HOST="127.0.0.1",
-        SMTP_PORT=str(smtp_port),
-        **extra,
-    )
-
-
-async def _wait_for(predicate: Any, timeout: float, what: str, *procs: Proc) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.05)
-    output = "\n".join(proc.output()[-3000:] for proc in procs)
-    raise AssertionError(f"timed out waiting for {what}\n{output}")
+def _wait_for(predicate: Any, timeout: float, what: str, *procs: Proc) -> Awaitable[None]:
+    return wait_until(predicate, timeout, what, *procs, interval=0.05)
 
 
 async def _enqueue(redis: Any, keys: list[str]) -> None:
@@ -114,7 +61,7 @@ async def test_two_workers_pause_within_a_second_finish_running_jobs_and_run_eve
 ) -> None:
     port, server = smtp
     # 2 jobs at a time per worker, 1 s each: the first batch is still running when we pause.
-    env = _env(database_url, redis_url, port, WORKER_MAX_JOBS="2")
+    env = smtp_env(database_url, redis_url, port, WORKER_MAX_JOBS="2")
     workers = [Proc(["worker", EMAIL_SEND], env).start() for _ in range(2)]
     late: Proc | None = None
     try:
@@ -181,7 +128,9 @@ async def test_paused_email_send_burns_no_try_during_an_smtp_outage(
     server.delay = 0.0
     server.down = True  # the provider answers 451 to everything
     policies = orjson.dumps({"send_email": {"max_tries": 6, "backoff_base_seconds": 0.2}}).decode()
-    worker = Proc(["worker", EMAIL_SEND], _env(database_url, redis_url, port, JOB_POLICIES=policies)).start()
+    worker = Proc(
+        ["worker", EMAIL_SEND], smtp_env(database_url, redis_url, port, JOB_POLICIES=policies)
+    ).start()
     try:
         await _wait_for(lambda: _workers_up(redis, 1), 60, "the worker's heartbeat", worker)
         # On-call sees the outage and pauses email_send; mail keeps being enqueued meanwhile.

@@ -17,15 +17,14 @@ from typing import Any
 
 import orjson
 import pytest
-from aiosmtpd.controller import Controller
 
-from cli.embedded import free_port
 from shared.dlq.redrive import Actor
 from shared.jobs.heartbeat import read_heartbeats
 from shared.jobs.queues import EMAIL_SEND, SCHEDULER
 from shared.redrive_tasks.selection import SelectionFilter, TaskSpec, create_task
-from tests.e2e.test_queue_pause_processes import RecordingSmtp, _wait_for
-from tests.procs import Proc, base_env
+from tests.e2e.test_queue_pause_processes import _wait_for
+from tests.procs import Proc
+from tests.smtp import RecordingSmtp, smtp_env, smtp_server
 
 FAST_FAILURE = orjson.dumps({"send_email": {"max_tries": 1}}).decode()
 
@@ -33,26 +32,18 @@ FAST_FAILURE = orjson.dumps({"send_email": {"max_tries": 1}}).decode()
 @pytest.fixture
 def smtp() -> Iterator[tuple[int, RecordingSmtp]]:
     handler = RecordingSmtp(delay=0.0)
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
+    with smtp_server(handler) as port:
         yield port, handler
-    finally:
-        controller.stop()
 
 
-def _env(database_url: str, redis_url: str, smtp_port: int, **extra: str) -> dict[str, str]:
-    return base_env(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        EMAIL_BACKEND="smtp",
-        SMTP_HOST="127.0.0.1",
-        SMTP_PORT=str(smtp_port),
+def _env(database_url: str, redis_url: str, smtp_port: int) -> dict[str, str]:
+    return smtp_env(
+        database_url,
+        redis_url,
+        smtp_port,
         WORKER_MAX_JOBS="40",
         WORKER_POLL_DELAY_SECONDS="0.05",
         JOB_POLICIES=FAST_FAILURE,
-        **extra,
     )
 
 

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from aiosmtpd.controller import Controller
 
 from cli.embedded import free_port
 from shared.jobs.enqueue import enqueue
 from shared.jobs.heartbeat import read_heartbeats
 from shared.jobs.queues import EMAIL_SEND
 from tests.helpers import black_hole_port
-from tests.procs import Proc, base_env, wait_http
+from tests.procs import Proc, base_env, wait_http, wait_until
+from tests.smtp import smtp_server
 
 
 class SlowCollector:
@@ -35,27 +34,16 @@ class SlowCollector:
 @pytest.fixture
 def slow_smtp() -> Iterator[tuple[int, SlowCollector]]:
     handler = SlowCollector(delay=2.0)
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
+    with smtp_server(handler) as port:
         yield port, handler
-    finally:
-        controller.stop()
 
 
 def _worker_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
     return base_env(DATABASE_URL=database_url, REDIS_URL=redis_url, **extra)
 
 
-async def _wait_for(predicate: Any, timeout: float, what: str, proc: Proc | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.1)
-    output = proc.output()[-5000:] if proc is not None else ""
-    raise AssertionError(f"timed out waiting for {what}\n{output}")
+def _wait_for(predicate: Any, timeout: float, what: str, proc: Proc | None = None) -> Awaitable[None]:
+    return wait_until(predicate, timeout, what, *([proc] if proc is not None else []))
 
 
 async def _send_email_job(redis: Any, key: str) -> str:

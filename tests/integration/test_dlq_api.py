@@ -26,7 +26,7 @@ from shared.dlq.browse import cursor_secret, encode_cursor
 from shared.infra.config import Settings
 from shared.jobs.queues import CORRELATION_KWARG, DISTRIBUTE_LEAD, EMAIL_SEND, REPORT_EXPORT, RETRY_OF_KWARG
 from tests.factories import bulk_create_dlq_entries, create_admin, create_admin_session, create_dlq_entry
-from tests.helpers import running_app
+from tests.helpers import assert_error, running_app
 from tests.worker_support import job, run_burst
 
 BASE = "/api/v1/admin/queues/dlq"
@@ -100,16 +100,6 @@ async def api(settings_with_key: Settings, clean_db: Any, redis: Any) -> AsyncIt
     token = await create_admin_session(clean_db, admin.user_id)
     async with running_app(settings_with_key) as (_, client):
         yield Api(client, token, admin.email, clean_db, redis, settings_with_key)
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    if code is not None:
-        assert body["error"]["code"] == code, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    assert "Traceback" not in response.text and "SELECT" not in response.text
 
 
 async def audit_rows(pool: Any, action: str, target_id: str | None = None) -> list[dict[str, Any]]:

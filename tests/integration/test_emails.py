@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import socket
 import uuid
-from collections.abc import Iterator
 from email import message_from_bytes
 from email.message import Message
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from loguru import logger
 
 from shared.email.outbox import EmailRejected, EmailTemporaryFailure, send_email
@@ -22,6 +18,7 @@ from shared.infra.config import Settings
 from shared.infra.errors import Conflict, Invalid
 from shared.infra.metrics import Metrics
 from tests.helpers import closed_port
+from tests.smtp import smtp_server
 
 CONTEXT = {
     "provider_name": "Acme Plumbing",
@@ -50,23 +47,6 @@ class CollectingHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.messages.append(message_from_bytes(envelope.content))
         return "250 Message accepted for delivery"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def smtp_server(handler: CollectingHandler) -> Iterator[int]:
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield port
-    finally:
-        controller.stop()
 
 
 def smtp_settings(settings: Settings, port: int) -> Settings:

@@ -5,26 +5,21 @@ where a worker is part of the story (running, retrying, abort)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from arq.worker import Function
 
 from shared.controls.actions import abort_job, bulk_cancel, cancel_job, run_job_now
 from shared.controls.live import get_live_job, list_live_jobs
 from shared.infra.config import Settings
-from shared.infra.db import Database
 from shared.infra.errors import Conflict, Invalid, NotFound
 from shared.jobs.enqueue import enqueue
 from shared.jobs.heartbeat import Heartbeat, write_heartbeat
 from shared.jobs.queues import DISTRIBUTE_LEAD, EMAIL_SEND
 from shared.jobs.retry_trace import LAST_ERROR_MESSAGE_CHARS, record_retry
-from tests.worker_support import job, stop_worker_task
-from worker.fmhl_worker import FmhlWorker, build_worker
+from tests.worker_support import job, worker_running
 
 QUEUE = EMAIL_SEND
 
@@ -232,26 +227,6 @@ async def test_bulk_cancel_takes_one_function_each_recorded(redis: Any, clean_db
     assert audit["metadata"]["cancelled"] == 30 and audit["metadata"]["function"] == "send_email"
 
 
-@contextlib.asynccontextmanager
-async def _worker(
-    settings: Settings, pool: Any, redis: Any, functions: Sequence[Function]
-) -> AsyncIterator[FmhlWorker]:
-    worker = build_worker(
-        QUEUE,
-        settings,
-        functions=functions,
-        redis=redis,
-        ctx={"db": Database.from_pool(settings, pool)},
-        poll_delay=0.05,
-        handle_signals=False,
-    )
-    task = asyncio.ensure_future(worker.main())
-    try:
-        yield worker
-    finally:
-        await stop_worker_task(worker, task)
-
-
 async def _until(predicate: Any, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -283,7 +258,7 @@ async def test_a_real_worker_shows_running_and_retrying_and_an_abort_is_recorded
     ]
     hung = await enqueue(redis, "hang", queue=QUEUE, correlation_id="corr-hang", n=1)
     retried = await enqueue(redis, "flaky", queue=QUEUE)
-    async with _worker(settings, clean_db, redis, functions) as worker:
+    async with worker_running(QUEUE, settings, clean_db, redis, functions) as worker:
 
         async def listed_running() -> bool:
             return len((await list_live_jobs(redis, queue=QUEUE, state="running")).items) == 1

@@ -8,25 +8,21 @@ Process-level acceptance (two worker processes, SIGKILL, an SMTP server answerin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from arq.worker import Function
 
 from shared.controls.pause import pause_queue, resume_queue
 from shared.infra.config import Settings
-from shared.infra.db import Database
 from shared.infra.errors import Conflict, Invalid
 from shared.jobs.enqueue import enqueue
 from shared.jobs.pause_state import PAUSE_REFRESH_SECONDS, read_pause
 from shared.jobs.queues import DISTRIBUTE_LEAD, EMAIL_SEND, SCHEDULER
 from tests.procs import FMHL_OPS, base_env
-from tests.worker_support import job, stop_worker_task
-from worker.fmhl_worker import FmhlWorker, build_worker
+from tests.worker_support import job, worker_running
 
 QUEUE = EMAIL_SEND
 
@@ -101,26 +97,6 @@ async def test_refused_pauses_are_invalid_and_change_nothing(
     assert await _audit(clean_db) == []
 
 
-@contextlib.asynccontextmanager
-async def _running_worker(
-    settings: Settings, pool: Any, redis: Any, functions: Sequence[Function]
-) -> AsyncIterator[FmhlWorker]:
-    worker = build_worker(
-        QUEUE,
-        settings,
-        functions=functions,
-        redis=redis,
-        ctx={"db": Database.from_pool(settings, pool)},
-        poll_delay=0.05,
-        handle_signals=False,
-    )
-    task = asyncio.ensure_future(worker.main())
-    try:
-        yield worker
-    finally:
-        await stop_worker_task(worker, task)
-
-
 async def test_a_worker_started_while_paused_stays_idle_and_runs_everything_once_on_resume(
     settings: Settings, clean_db: Any, redis: Any
 ) -> None:
@@ -132,7 +108,7 @@ async def test_a_worker_started_while_paused_stays_idle_and_runs_everything_once
     async with clean_db.acquire() as conn:
         await pause_queue(conn, redis, queue=QUEUE, actor="ops", reason="test")
     ids = [await enqueue(redis, "record", queue=QUEUE, n=n) for n in range(5)]
-    async with _running_worker(settings, clean_db, redis, [job(QUEUE, "record", record)]) as worker:
+    async with worker_running(QUEUE, settings, clean_db, redis, [job(QUEUE, "record", record)]) as worker:
         await asyncio.sleep(1.5)
         assert started == [] and worker.pause_gate.paused
         assert await redis.zcard(QUEUE) == 5

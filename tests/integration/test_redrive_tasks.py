@@ -18,7 +18,6 @@ import pytest
 from cryptography.fernet import Fernet
 
 from shared.infra.config import Settings
-from shared.infra.db import Database
 from shared.infra.metrics import Metrics
 from shared.infra.redis import queue_paused_key
 from shared.jobs.pause_state import PauseState
@@ -28,9 +27,9 @@ from shared.redrive_tasks.lease import claim
 from shared.redrive_tasks.sending import send_batch
 from shared.redrive_tasks.throttle import Throttle
 from tests.factories import create_admin, create_admin_session, create_dlq_entry
-from tests.helpers import running_app
-from tests.worker_support import job, stop_worker_task
-from worker.fmhl_worker import build_worker
+from tests.helpers import assert_error, running_app
+from tests.worker_support import job, worker_running
+from worker.fmhl_worker import FmhlWorker
 from worker.redrive import stop_executor
 
 BASE = "/api/v1/admin/redrives"
@@ -74,14 +73,6 @@ async def api(settings: Settings, clean_db: Any, redis: Any) -> AsyncIterator[Ap
             redis,
             settings,
         )
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    if code is not None:
-        assert body["error"]["code"] == code, body
 
 
 async def entries(
@@ -235,29 +226,16 @@ def time_now() -> Any:
     return datetime.now(UTC)
 
 
-@contextlib.asynccontextmanager
-async def worker_running(settings: Settings, pool: Any, redis: Any, fail: bool) -> AsyncIterator[None]:
+def probe_worker(api: Api, fail: bool) -> contextlib.AbstractAsyncContextManager[FmhlWorker]:
+    """An ``email_send`` worker whose one function, ``probe``, fails (once, no retry) or succeeds."""
+
     async def probe(ctx: dict[str, Any], n: int) -> int:
         if fail:
             raise ValueError(f"provider still down for {n}")
         return n
 
-    worker = build_worker(
-        EMAIL_SEND,
-        settings,
-        metrics=Metrics(),
-        functions=[job(EMAIL_SEND, "probe", probe, max_tries=1)],
-        redis=redis,
-        ctx={"db": Database.from_pool(settings, pool)},
-        poll_delay=0.01,
-        handle_signals=False,
-    )
-    worker.owns_redis = False
-    main = asyncio.create_task(worker.main())
-    try:
-        yield
-    finally:
-        await stop_worker_task(worker, main)
+    functions = [job(EMAIL_SEND, "probe", probe, max_tries=1)]
+    return worker_running(EMAIL_SEND, api.settings, api.pool, api.redis, functions, poll_delay=0.01)
 
 
 @contextlib.asynccontextmanager
@@ -294,7 +272,7 @@ async def test_a_task_redrives_each_entry_once_and_completes_with_outcomes(
     ).json()
     started = time.monotonic()
     async with (
-        worker_running(api.settings, api.pool, api.redis, fail=False),
+        probe_worker(api, fail=False),
         executor_running(api.pool, api.redis, metrics),
     ):
         done = await wait_for_state(api, task["id"], "completed", "tripped")
@@ -333,7 +311,7 @@ async def test_the_breaker_trips_when_retries_fail_again_and_nothing_more_is_sen
     }
     task = (await api.post(BASE, body)).json()
     async with (
-        worker_running(api.settings, api.pool, api.redis, fail=True),
+        probe_worker(api, fail=True),
         executor_running(api.pool, api.redis, metrics),
     ):
         tripped = await wait_for_state(api, task["id"], "tripped", "completed")
@@ -365,7 +343,7 @@ async def test_pause_and_a_paused_queue_stop_sending(api: Api, metrics: Metrics)
         await api.post(BASE, {"name": "p", "filter": {"fingerprint": "fp-a"}, "rate_per_second": 50})
     ).json()
     async with (
-        worker_running(api.settings, api.pool, api.redis, fail=False),
+        probe_worker(api, fail=False),
         executor_running(api.pool, api.redis, metrics),
     ):
         await wait_for_state(api, task["id"], "running")

@@ -12,7 +12,8 @@ from typing import Any
 
 from shared.dlq.raw_preview import RAW_PREVIEW_BYTES, describe_body
 from shared.jobs.queues import EMAIL_SEND
-from tests.integration.test_dlq_api import BASE, DETAIL_FIELDS, Api, api, assert_error, settings_with_key
+from tests.helpers import assert_error
+from tests.integration.test_dlq_api import BASE, DETAIL_FIELDS, Api, api, settings_with_key
 from tests.worker_support import job, run_burst
 
 __all__ = ["api", "settings_with_key"]  # fixtures used here

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiosmtpd.controller import Controller
 
 from cli.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from shared.infra.migrations import apply_migrations
 from tests import pgbouncer
 from tests.procs import Proc, base_env
+from tests.smtp import smtp_server
 
 DATABASE = "fmhl_reliability"
 
@@ -137,13 +137,8 @@ class FlakySmtp:
 @contextlib.contextmanager
 def flaky_smtp(failures: int = 2) -> Iterator[tuple[int, FlakySmtp]]:
     handler = FlakySmtp(failures)
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
+    with smtp_server(handler) as port:
         yield port, handler
-    finally:
-        controller.stop()
 
 
 class WorkerFleet:

@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from cryptography.fernet import Fernet
 
 from cli.embedded import free_port
@@ -25,6 +24,7 @@ from shared.jobs.queues import EMAIL_SEND
 from tests.factories import create_admin, create_admin_session
 from tests.procs import Proc, base_env, wait_http
 from tests.reliability.support import summary, wait_until
+from tests.smtp import smtp_server
 
 pytestmark = pytest.mark.e2e
 
@@ -51,13 +51,8 @@ class SlowSmtp:
 @pytest.fixture
 def slow_smtp() -> Iterator[tuple[int, SlowSmtp]]:
     handler = SlowSmtp(SMTP_DELAY_SECONDS)
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
+    with smtp_server(handler) as port:
         yield port, handler
-    finally:
-        controller.stop()
 
 
 async def _send_email(redis: Any, key: str, defer_by_seconds: float | None = None) -> None:
