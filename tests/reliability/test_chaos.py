@@ -26,7 +26,12 @@ import orjson
 import pytest
 
 from shared.infra.db import init_connection
-from shared.infra.redis import DLQ_SPOOL_INFLIGHT_KEY, DLQ_SPOOL_KEY, create_redis
+from shared.infra.redis import (
+    DLQ_SPOOL_INFLIGHT_KEY,
+    DLQ_SPOOL_KEY,
+    DLQ_SPOOL_REJECTED_KEY,
+    create_redis,
+)
 from shared.jobs.enqueue import enqueue
 from shared.jobs.queues import DISTRIBUTE_LEAD, EMAIL_SEND, REPORT_EXPORT
 from tests.factories import create_lead, create_provider, create_report_export
@@ -211,12 +216,15 @@ async def test_chaos_nothing_lost_nothing_twice() -> None:
                 assert spool.wait(timeout=60) == 0, spool.output()
                 print(f"\nchaos: spool drained at the end: {spool.output().strip().splitlines()[-1]}")
                 assert await redis.llen(DLQ_SPOOL_KEY) == 0 and await redis.llen(DLQ_SPOOL_INFLIGHT_KEY) == 0
+                # a capture parked as "refused" is not a DLQ row: checked after the counts
+                rejected = await redis.lrange(DLQ_SPOOL_REJECTED_KEY, 0, -1)
                 results = await _arq_results(redis, jobs)
             finally:
                 codes = await asyncio.to_thread(fleet.stop)
                 await redis.aclose()
             assert codes == [0] * len(FLEET), fleet.output()
         await _verify(servers, jobs, counts, fleet, smtp, results, chaos_s, drain_s)
+        assert not rejected, [entry[:600] for entry in rejected[:5]]
 
 
 async def _arq_results(redis: Any, jobs: list[PlannedJob]) -> dict[str, dict[str, Any]]:
@@ -306,7 +314,7 @@ async def _verify(
     assert counts.enqueued == len(jobs) == 3000
     assert fleet.kills >= 10 and counts.redis_restarts == 1 and counts.postgres_restarts == 1
     assert not missing, _trace(missing[:5], fleet, smtp)
-    assert not twice, twice[:20]
+    assert not twice, _trace(twice[:5], fleet, smtp, dlq_rows)
     assert not permanent_not_once, _trace(permanent_not_once[:3], fleet, smtp)
     assert all(row["reason"] for row in dlq_rows)
     # A transient failure never ends as "permanent" (chaos may exhaust its tries, nothing else).
@@ -319,14 +327,19 @@ async def _verify(
     assert unbalanced == 0 and charges == assignments
 
 
-def _trace(job_ids: list[str], fleet: WorkerFleet, smtp: Any) -> str:
-    """What the workers logged about each missing job, to see where it was lost."""
+def _trace(job_ids: list[str], fleet: WorkerFleet, smtp: Any, dlq_rows: Any = ()) -> str:
+    """What the workers logged about each job (and its DLQ row), to see where it was lost."""
     lines = []
     for job_id in job_ids:
+        lines.extend(
+            f"{job_id}: DLQ {r['reason']}: {r['error_type']}: {r['error_message'][:300]}"
+            for r in dlq_rows
+            if r["job_id"] == job_id
+        )
         key = job_id.removeprefix("chaos-")
         logged = [
             line for p in fleet.procs + fleet.retired for line in p.output().splitlines() if key in line
         ]
         lines.append(f"{job_id}: smtp deferred={smtp.deferred[key]} delivered={smtp.delivered[key]}")
-        lines.extend(line[:400] for line in logged[-5:])
+        lines.extend(line[:600] for line in logged[-12:])
     return "\n".join(lines)
