@@ -5,9 +5,9 @@ hook is told that a failure is final. So this wrapper owns the policy:
 
 * its own timeout (``RetryPolicy.timeout_seconds``; arq's timeout is only a backstop above it);
 * transient errors — connection errors, timeouts, Postgres serialization failures/deadlocks,
-  an unreachable dependency, ``Busy`` (e.g. every eligible provider is locked), an explicit
-  ``Retry`` — become ``Retry`` with exponential backoff
-  and jitter until ``max_tries``;
+  a prepared-statement error (a statement cache behind a pooler), an unreachable dependency,
+  ``Busy`` (e.g. every eligible provider is locked), an explicit ``Retry`` — become ``Retry``
+  with exponential backoff and jitter until ``max_tries``;
 * a permanent error (anything else, e.g. ``ValueError`` or a domain ``Invalid``/``NotFound``),
   or a transient one on the last try, is final: the job is captured into the DLQ (reason
   ``permanent`` or ``exhausted``) and the original exception is re-raised so arq records it
@@ -37,6 +37,7 @@ from arq.worker import Function, Retry, func
 
 from shared.dlq.capture import capture
 from shared.infra.correlation import bind_correlation_id, reset_correlation_id
+from shared.infra.db import STATEMENT_STATE_ERRORS
 from shared.infra.errors import Busy, DependencyUnavailable
 from shared.infra.logs import log_event
 from shared.infra.metrics import Metrics
@@ -69,6 +70,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     # "cannot switch to state N; another operation is in progress" (seen in the chaos test at a
     # Postgres restart). A retry runs on another connection; a real driver bug exhausts the tries.
     asyncpg.exceptions.InternalClientError,
+    # a prepared statement of the connection, not the job (a statement cache behind PgBouncer)
+    *STATEMENT_STATE_ERRORS,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )

@@ -10,6 +10,9 @@ it. It goes to the Redis list ``fmhl:dlq:spool:rejected`` (newest last) as
 * ``GET /api/v1/admin/queues/dlq/rejected`` lists the newest ones with the refusal;
 * the record itself is the spool's JSON, replayable once the cause is fixed.
 
+Not a refusal either: a prepared-statement error (``shared.infra.db.STATEMENT_STATE_ERRORS``, a
+statement cache behind PgBouncer), which is about the connection, not the record.
+
 Anything that is not clearly an outage counts as a refusal: an unknown error should park one
 record, not stall the whole spool.
 """
@@ -23,6 +26,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from shared.infra.db import STATEMENT_STATE_ERRORS
 from shared.infra.errors import DependencyUnavailable
 from shared.infra.redis import DLQ_SPOOL_REJECTED_KEY, RedisClient
 
@@ -43,6 +47,11 @@ def is_refusal(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.InternalClientError):
         # a connection left mid-operation by a Postgres restart (seen in the chaos test): the
         # server went away, the record did nothing wrong
+        return False
+    if isinstance(exc, STATEMENT_STATE_ERRORS):
+        # a prepared statement of the connection (a statement cache behind a transaction-mode
+        # pooler), not the record: the same record is stored once the connection or the
+        # configuration is right, so it waits in the spool like an outage
         return False
     if isinstance(exc, asyncpg.PostgresError):
         return str(getattr(exc, "sqlstate", "") or "")[:2] not in _TRANSIENT_SQLSTATE_CLASSES

@@ -121,6 +121,20 @@ class TimedPool(asyncpg.pool.Pool):  # type: ignore[misc]
 
 ASYNCPG_STATEMENT_CACHE_SIZE = 100  # asyncpg's own default
 
+# Errors about the connection's prepared statements, not about the query or its parameters: a
+# statement cache left on behind a transaction-mode pooler (``DB_STATEMENT_CACHE_SIZE`` set to a
+# cache behind PgBouncer 1.18, or a pooler the auto check cannot see) has its named statements
+# land on server connections other clients share (``prepared statement "__asyncpg_stmt_N__"
+# does not exist`` / ``... already exists``), and a cached plan a schema change invalidated. The
+# same statement succeeds on another connection or once the configuration is fixed: a capture
+# that meets one is spooled like an outage (``shared.dlq.rejects``), never parked as refused,
+# and a job that meets one is retried (``worker.failure``).
+STATEMENT_STATE_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.InvalidSQLStatementNameError,  # 26000
+    asyncpg.exceptions.DuplicatePreparedStatementError,  # 42P05
+    asyncpg.exceptions.InvalidCachedStatementError,  # 0A000, asyncpg's "cached plan" subclass
+)
+
 
 async def behind_pooler(conn: Conn) -> bool:
     """True when a pooler stands between us and Postgres: the backend pid of the connect

@@ -7,7 +7,9 @@
    the inbox query through a server-side cursor (``DECLARE``/``FETCH`` in batches, each through
    the timed ``shared.infra.db`` helpers) so a large inbox never sits in memory as rows, write the CSV,
    and store content, row count, ``done`` and ``completed_at``;
-3. after COMMIT, enqueue the ``report_ready`` email.
+3. after COMMIT, enqueue the ``report_ready`` email (the provider and whether that email was sent
+   are read before COMMIT, in step 2's transaction: after COMMIT only Redis is used, so a Postgres
+   outage right after it cannot fail a try whose export is stored).
 
 On failure the export is marked ``failed`` with the error type and the exception propagates (the
 worker decides whether to retry; a retry starts again from step 1).
@@ -97,14 +99,13 @@ async def export_report(pool: Any, redis: ArqRedis, metrics: Metrics, export_id:
             if existing is None:
                 raise NotFound(f"report export {export_id} does not exist")
             result = _result(existing, "already_done")
+            provider, already_sent = await _notification(conn, result)
         else:
             try:
-                result = await _export(conn, metrics, export_id)
+                result, provider, already_sent = await _export(conn, metrics, export_id)
             except Exception as exc:
                 await _mark_failed(conn, export_id, exc)
                 raise
-        provider = await get_provider(conn, result.provider_id)
-        already_sent = await sent_idempotency_keys(conn, [report_ready_key(export_id)])
     if not already_sent:
         await enqueue_email(
             redis,
@@ -123,6 +124,13 @@ async def export_report(pool: Any, redis: ArqRedis, metrics: Metrics, export_id:
         outcome=result.outcome,
     )
     return result
+
+
+async def _notification(conn: Conn, result: ExportResult) -> tuple[Provider, bool]:
+    """The provider to email and whether its ``report_ready`` email was already sent."""
+    provider = await get_provider(conn, result.provider_id)
+    sent = await sent_idempotency_keys(conn, [report_ready_key(result.export_id)])
+    return provider, bool(sent)
 
 
 def _result(row: Any, outcome: ExportOutcome) -> ExportResult:
@@ -175,11 +183,17 @@ RETURNING id, provider_id, status, row_count, completed_at
 """
 
 
-async def _export(conn: Conn, metrics: Metrics, export_id: uuid.UUID) -> ExportResult:
+async def _export(conn: Conn, metrics: Metrics, export_id: uuid.UUID) -> tuple[ExportResult, Provider, bool]:
+    """The export, the provider to email and whether it was emailed already, all read in the
+    transaction that stores the export: nothing touches Postgres after COMMIT, so a Postgres
+    outage right after it (behind PgBouncer, every statement after COMMIT needs a server
+    connection again) cannot fail a try whose export is already stored, leaving it ``done``
+    and in the DLQ as ``exhausted`` (seen in the chaos test through PgBouncer)."""
     async with conn.transaction():
         export = await fetchrow(conn, "report_export_lock", LOCK_EXPORT, export_id)
         if export["status"] == "done":  # another worker finished it while we waited for the lock
-            return _result(export, "already_done")
+            done = _result(export, "already_done")
+            return (done, *await _notification(conn, done))
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(CSV_HEADER)
@@ -202,7 +216,9 @@ async def _export(conn: Conn, metrics: Metrics, export_id: uuid.UUID) -> ExportR
         stored = await fetchrow(
             conn, "report_export_store", STORE_EXPORT, export_id, buffer.getvalue(), row_count
         )
-    return _result(stored, "exported")
+        result = _result(stored, "exported")
+        provider, already_sent = await _notification(conn, result)
+    return result, provider, already_sent
 
 
 def _csv_row(row: Any) -> tuple[str, ...]:

@@ -15,14 +15,17 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
 from cryptography.fernet import Fernet
 
+from shared.dlq.capture import FailureRecord, capture
+from shared.dlq.spool import drain_spool
 from shared.infra.config import Settings
-from shared.infra.db import ASYNCPG_STATEMENT_CACHE_SIZE, create_pool
+from shared.infra.db import ASYNCPG_STATEMENT_CACHE_SIZE, Database, create_pool
 from shared.infra.migrations import default_sql_dir
 from shared.infra.redis import DLQ_SPOOL_KEY, DLQ_SPOOL_REJECTED_KEY
 from shared.jobs.enqueue import enqueue
@@ -171,3 +174,56 @@ async def test_pool_through_pgbouncer_runs_named_queries_and_transactions(
         assert await asyncio.gather(*(one(i) for i in range(300))) == [i + 1 for i in range(300)]
     finally:
         await pool.close()
+
+
+def _failure(job_id: str) -> FailureRecord:
+    return FailureRecord(
+        queue="email_send",
+        job_id=job_id,
+        function="send_email",
+        args=[],
+        kwargs={"to": "a@b.c"},
+        error_type="ValueError",
+        error_message="bad template",
+        stack_trace="Traceback ...",
+        fingerprint="fp-bouncer",
+        attempts=1,
+        reason="permanent",
+        failed_at=datetime.now(UTC),
+    )
+
+
+async def test_a_prepared_statement_error_spools_the_capture_never_parks_it(
+    test_backends: Backends, direct_database_url: str, redis: Any, clean_db: Any
+) -> None:
+    """A statement cache left on behind PgBouncer (``DB_STATEMENT_CACHE_SIZE=100``): another
+    client's ``DEALLOCATE ALL`` on the one shared server connection drops the capture's cached
+    insert, and the next capture meets ``prepared statement "__asyncpg_stmt_N__" does not
+    exist``. That is the connection, not the record: it is spooled (and drained into the table by
+    a pool without the cache), never parked in the rejected list."""
+    with pgbouncer.running(test_backends.postgres_admin_dsn, default_pool_size=1) as one_server:
+        url = one_server.url_for(direct_database_url)
+        settings = Settings(database_url=url, redis_url=None, db_statement_cache_size=100, db_pool_max_size=1)
+        cached = await create_pool(settings, application_name="cache-left-on")
+        other = await asyncpg.connect(url, statement_cache_size=0)
+        try:
+            db = Database.from_pool(settings, cached)
+            assert await capture(db, redis, _failure("bouncer-cache-1"), None) == "stored"
+            await other.execute("DEALLOCATE ALL")  # the same server connection: one per pool
+            outcome = await capture(db, redis, _failure("bouncer-cache-2"), None)
+        finally:
+            await other.close()
+            await cached.close()
+        assert await redis.llen(DLQ_SPOOL_REJECTED_KEY) == 0, await redis.lrange(
+            DLQ_SPOOL_REJECTED_KEY, 0, -1
+        )
+        assert outcome == "spooled"
+        fixed = await create_pool(
+            Settings(database_url=url, redis_url=None, db_statement_cache_size=0), application_name="fixed"
+        )
+        try:
+            assert (await drain_spool(fixed, redis)).inserted == 1
+        finally:
+            await fixed.close()
+    job_ids = await clean_db.fetch("SELECT job_id FROM dead_letter_queue ORDER BY job_id")
+    assert [r["job_id"] for r in job_ids] == ["bouncer-cache-1", "bouncer-cache-2"]

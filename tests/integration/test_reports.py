@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import uuid
 from decimal import Decimal
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 from arq.connections import ArqRedis
 
+from shared.infra.config import Settings
+from shared.infra.db import create_pool
 from shared.infra.errors import NotFound
 from shared.infra.metrics import Metrics
 from shared.infra.redis import deserialize_job
@@ -208,3 +211,29 @@ async def test_failure_marks_the_export_failed_and_sends_nothing(
         None,
     )
     assert await redis.zcard(EMAIL_SEND) == 0
+
+
+async def test_nothing_touches_postgres_after_the_export_commits(
+    settings: Settings, clean_db: Any, redis: ArqRedis, metrics: Metrics
+) -> None:
+    """The provider and the sent-email check are read inside the export's transaction: a Postgres
+    outage right after COMMIT (behind PgBouncer every statement after it needs a server connection
+    again) once failed every try of an export already stored, which ended ``done`` *and* in the
+    DLQ as ``exhausted`` (chaos test through PgBouncer)."""
+    provider_id = await create_provider(clean_db)
+    await create_assignment(clean_db, await create_lead(clean_db), provider_id)
+    export_id = await create_report_export(clean_db, provider_id)
+    pool = await create_pool(
+        dataclasses.replace(settings, db_pool_min_size=1, db_pool_max_size=1), application_name="one"
+    )
+    statements: list[str] = []
+    try:
+        async with pool.acquire() as conn:  # the pool's one connection: export_report gets it too
+            conn.add_query_logger(lambda logged: statements.append(logged.query.strip()))
+        result = await export_report(pool, redis, metrics, export_id)
+    finally:
+        await pool.close()
+    assert result.outcome == "exported"
+    commits = [n for n, sql in enumerate(statements) if sql.upper().startswith("COMMIT")]
+    assert commits, statements
+    assert statements[commits[-1] + 1 :] == [], statements

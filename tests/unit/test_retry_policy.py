@@ -19,6 +19,12 @@ from worker.failure import is_transient
         DependencyUnavailable("postgres", "down"),
         asyncpg.exceptions.SerializationError("could not serialize"),
         asyncpg.exceptions.DeadlockDetectedError("deadlock"),
+        # a statement cache behind a transaction-mode pooler: the connection, not the job
+        asyncpg.exceptions.InvalidSQLStatementNameError(
+            'prepared statement "__asyncpg_stmt_1__" does not exist'
+        ),
+        asyncpg.exceptions.DuplicatePreparedStatementError('prepared statement "__asyncpg_stmt_1__" exists'),
+        asyncpg.exceptions.InvalidCachedStatementError("cached statement plan is invalid"),
     ],
 )
 def test_transient_errors_are_retried(exc: BaseException) -> None:
