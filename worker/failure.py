@@ -66,6 +66,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.QueryCanceledError,
+    # the server is shutting down or restarting under a query (57P01, 57P02): it comes back
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
     # A pooled connection left mid-operation when Postgres went away answers the next query with
     # "cannot switch to state N; another operation is in progress" (seen in the chaos test at a
     # Postgres restart). A retry runs on another connection; a real driver bug exhausts the tries.

@@ -25,6 +25,11 @@ from worker.failure import is_transient
         ),
         asyncpg.exceptions.DuplicatePreparedStatementError('prepared statement "__asyncpg_stmt_1__" exists'),
         asyncpg.exceptions.InvalidCachedStatementError("cached statement plan is invalid"),
+        # Postgres restarting under a query (the chaos test's restart)
+        asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.exceptions.CrashShutdownError(
+            "terminating connection because of crash of another server process"
+        ),
     ],
 )
 def test_transient_errors_are_retried(exc: BaseException) -> None:
