@@ -11,7 +11,11 @@ serve`` processes measured by ``wrk`` as in the ``live`` case, and one ``python 
 bench.tracing_worker`` process per worker run (the ``overhead`` case's side A). Rounds rotate the
 order of the three sides (A B C, C B A, ...); each ratio is the median of per-round ratios against
 the disabled side of the same round. Targets: unconfigured >= 0.97x (issue 20's "within 3 %"); the
-exporter's ratio is reported without one. Probes are not traced by default
+exporter's ratio is reported without one. Beside each rate the note gives the measured process's
+CPU time per request or job (``/proc/<pid>/stat`` around a ``wrk`` round; ``time.process_time`` in
+the worker process, its enqueue included) and the median per-round ratio of those, disabled /
+side: on a shared machine a round's rate swings with the load far more than its CPU per unit.
+Probes are not traced by default
 (``OTEL_PYTHON_STARLETTE_EXCLUDED_URLS``), so the exporter side of ``/health/live`` exports
 nothing and measures the instrumentation's middleware on an untraced route.
 """
@@ -36,6 +40,7 @@ import orjson
 
 from bench.common import Backends, Result, Scale, progress
 from bench.http_cases import WRK_CONNECTIONS, serve_args, server_process, service_env, wrk
+from bench.storm_case import cpu_seconds
 from bench.worker_cases import MAX_JOBS
 from cli.embedded import free_port
 
@@ -108,9 +113,10 @@ def side_envs(base: dict[str, str], sink: OtlpSink) -> dict[str, dict[str, str]]
 
 @dataclass(slots=True)
 class Rounds:
-    """Throughputs per side, one value per rotating round."""
+    """Throughputs and CPU microseconds per unit, per side, one value per rotating round."""
 
     values: dict[str, list[float]] = field(default_factory=lambda: {side: [] for side in SIDES})
+    cpu_us: dict[str, list[float]] = field(default_factory=lambda: {side: [] for side in SIDES})
 
     def median(self, side: str) -> float:
         return statistics.median(self.values[side])
@@ -121,16 +127,27 @@ class Rounds:
             a / b for a, b in zip(self.values[side], self.values["disabled"], strict=True)
         )
 
+    def cpu_ratio(self, side: str) -> float:
+        """Median of per-round CPU-per-unit ratios disabled / ``side`` (1.0: no cost, < 1: dearer)."""
+        return statistics.median(
+            b / a for a, b in zip(self.cpu_us[side], self.cpu_us["disabled"], strict=True)
+        )
+
     def describe(self) -> str:
-        return "; ".join(f"{side} [{', '.join(f'{v:,.0f}' for v in self.values[side])}]" for side in SIDES)
+        rates = "; ".join(f"{side} [{', '.join(f'{v:,.0f}' for v in self.values[side])}]" for side in SIDES)
+        cpu = "; ".join(f"{side} [{', '.join(f'{v:,.0f}' for v in self.cpu_us[side])}]" for side in SIDES)
+        return f"rates {rates}; CPU µs per unit {cpu}"
 
 
-async def rotate(run: Callable[[str], Awaitable[float]], rounds: int, *, label: str) -> Rounds:
-    """``rounds`` rounds of every side, the order reversed every other round."""
+async def rotate(run: Callable[[str], Awaitable[tuple[float, float]]], rounds: int, *, label: str) -> Rounds:
+    """``rounds`` rounds of every side, the order reversed every other round; ``run`` returns the
+    side's throughput and its CPU microseconds per request or job."""
     result = Rounds()
     for index in range(rounds):
         for side in SIDES if index % 2 == 0 else tuple(reversed(SIDES)):
-            result.values[side].append(await run(side))
+            rate, cpu_us = await run(side)
+            result.values[side].append(rate)
+            result.cpu_us[side].append(cpu_us)
         progress(
             f"{label}: round {index + 1}/{rounds}: "
             + ", ".join(f"{side} {result.values[side][-1]:,.0f}/s" for side in SIDES)
@@ -149,7 +166,7 @@ def _results(case: str, metric: str, unit: str, rounds: Rounds, exporter_note: s
             baseline=base,
             ratio=rounds.ratio("unconfigured"),
             target=TARGET,
-            note=rounds.describe(),
+            note=f"CPU per unit ratio {rounds.cpu_ratio('unconfigured'):.2f}x; {rounds.describe()}",
         ),
         Result(
             case,
@@ -158,42 +175,48 @@ def _results(case: str, metric: str, unit: str, rounds: Rounds, exporter_note: s
             unit,
             baseline=base,
             ratio=rounds.ratio("exporter"),
-            note=exporter_note,
+            note=f"CPU per unit ratio {rounds.cpu_ratio('exporter'):.2f}x; {exporter_note}",
         ),
     ]
 
 
 @contextlib.contextmanager
-def serve_processes(envs: dict[str, dict[str, str]], ports: dict[str, int]) -> Iterator[None]:
+def serve_processes(envs: dict[str, dict[str, str]], ports: dict[str, int]) -> Iterator[dict[str, int]]:
     """One ``fmhl-ops serve`` per side, started side by side (each takes seconds to import)."""
     starting = {side: server_process(serve_args(ports[side]), envs[side], ports[side]) for side in SIDES}
     with contextlib.ExitStack() as stack:
         with ThreadPoolExecutor(len(starting)) as pool:
             entered = {side: pool.submit(process.__enter__) for side, process in starting.items()}
         failures = []
+        pids: dict[str, int] = {}
         for side, future in entered.items():
             try:
-                future.result()
+                pids[side] = future.result().pid
             except Exception as exc:  # that one stopped itself; the others are stopped below
                 failures.append(exc)
             else:
                 stack.push(starting[side])
         if failures:
             raise failures[0]
-        yield
+        yield pids
 
 
 async def _live(backends: Backends, scale: Scale, sink: OtlpSink) -> list[Result]:
     envs = side_envs(service_env(backends), sink)
     ports = {side: free_port() for side in SIDES}
-    with serve_processes(envs, ports):
+    with serve_processes(envs, ports) as pids:
         if scale.name != "toy":
             for side in SIDES:
                 await wrk(ports[side], 1)  # warm-up
+
+        async def run(side: str) -> tuple[float, float]:
+            cpu_before = cpu_seconds(pids[side])
+            rate = await wrk(ports[side], scale.wrk_seconds)
+            requests = rate * max(1, round(scale.wrk_seconds))  # wrk runs whole seconds
+            return rate, 1e6 * (cpu_seconds(pids[side]) - cpu_before) / requests
+
         before = sink.counted()
-        rounds = await rotate(
-            lambda side: wrk(ports[side], scale.wrk_seconds), scale.rounds, label="tracing /health/live"
-        )
+        rounds = await rotate(run, scale.rounds, label="tracing /health/live")
         exports = sink.counted()[0] - before[0]
     note = f"{exports} OTLP export request(s) during the rounds (probes are not traced by default)"
     return _results(
@@ -205,8 +228,8 @@ async def _live(backends: Backends, scale: Scale, sink: OtlpSink) -> list[Result
     )
 
 
-async def worker_run(env: dict[str, str], jobs: int) -> tuple[float, bool]:
-    """One ``bench.tracing_worker`` process: (its jobs/s, whether tracing was on in it)."""
+async def worker_run(env: dict[str, str], jobs: int) -> tuple[float, float, bool]:
+    """One ``bench.tracing_worker`` process: its jobs/s, CPU µs per job, whether tracing was on."""
     with tempfile.TemporaryDirectory(prefix="fmhl-bench-tracing-") as scratch:
         out = Path(scratch) / "result.json"
         proc = await asyncio.create_subprocess_exec(
@@ -223,7 +246,7 @@ async def worker_run(env: dict[str, str], jobs: int) -> tuple[float, bool]:
         if proc.returncode != 0 or not out.exists():
             raise RuntimeError(f"bench.tracing_worker exited {proc.returncode}: {err.decode()[-2000:]}")
         found = orjson.loads(out.read_bytes())
-    return float(found["jobs_per_s"]), bool(found["tracing"])
+    return float(found["jobs_per_s"]), float(found["cpu_us_per_job"]), bool(found["tracing"])
 
 
 async def _worker(backends: Backends, scale: Scale, sink: OtlpSink) -> list[Result]:
@@ -233,11 +256,11 @@ async def _worker(backends: Backends, scale: Scale, sink: OtlpSink) -> list[Resu
     envs = side_envs(base, sink)
     expected = {"unconfigured": False, "disabled": False, "exporter": True}
 
-    async def run(side: str) -> float:
-        rate, traced = await worker_run(envs[side], jobs)
+    async def run(side: str) -> tuple[float, float]:
+        rate, cpu_us, traced = await worker_run(envs[side], jobs)
         if traced != expected[side]:
             raise RuntimeError(f"worker side {side}: tracing {'on' if traced else 'off'}, expected otherwise")
-        return rate
+        return rate, cpu_us
 
     if scale.name != "toy":
         for side in SIDES:
