@@ -36,6 +36,7 @@ from bench import (
     redrive_case,
     scale_out_case,
     storm_case,
+    tracing_case,
     worker_cases,
 )
 from bench.common import (
@@ -106,6 +107,7 @@ CASES: dict[str, tuple[Case, bool]] = {
     "reconcile": (reconcile.reconcile_case, False),
     "login_burst": (login_case.login_burst_case, False),
     "redrive": (redrive_case.redrive_case, False),
+    "tracing": (tracing_case.tracing_case, False),
 }
 DEFAULT_CASES: dict[str, tuple[str, ...]] = {"10m": ("api",)}
 

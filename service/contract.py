@@ -136,7 +136,7 @@ class Operation(Generic[P, B, R]):
         return Route(self.path, endpoint, methods=[self.method])
 
     async def serve(self, request: Request) -> Response:
-        caller = await _authenticate(request, self.auth)
+        caller = await _authenticate(request, self.auth) if self.auth != "public" else None
         params = decode_params(request, self.params)
         if self.body is NoBody and self.method == "GET":
             body = self.body()
@@ -145,13 +145,11 @@ class Operation(Generic[P, B, R]):
         result = await self.handler(Call(request, params, body, caller))
         if isinstance(result, Response):
             return result
+        headers = dict(self.headers) if self.headers else None
         if isinstance(result, NoContent):
-            return Response(status_code=self.status, headers=dict(self.headers))
+            return Response(status_code=self.status, headers=headers)
         return Response(
-            msgspec.json.encode(result),
-            status_code=self.status,
-            media_type=self.media_type,
-            headers=dict(self.headers),
+            msgspec.json.encode(result), status_code=self.status, media_type=self.media_type, headers=headers
         )
 
 
@@ -249,6 +247,9 @@ def decode_params(request: Request, model: type[P]) -> P:
     """Path and query parameters into ``model``, strictly (see the module docstring)."""
     fields = _fields(model)
     raw: dict[str, Any] = dict(request.path_params)
+    if not raw and not request.scope.get("query_string"):
+        # nothing to check (the common case: probes, first pages): no query parsing at all
+        return _convert(raw, model)
     query = request.query_params
     unknown = sorted({name for name in query if name not in fields.names or name in raw})
     if unknown:
@@ -269,6 +270,10 @@ def decode_params(request: Request, model: type[P]) -> P:
             if value.lower() not in _BOOLEANS:
                 raise Invalid(f"{name} must be true or false")
             raw[name] = _BOOLEANS[value.lower()]
+    return _convert(raw, model)
+
+
+def _convert(raw: dict[str, Any], model: type[P]) -> P:
     try:  # strict: every other value stays the string it was ("null" is not None)
         return msgspec.convert(raw, model)
     except msgspec.ValidationError as exc:

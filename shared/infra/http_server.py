@@ -41,8 +41,13 @@ MAIN_MAX_CONNECTIONS = 1000
 class HeadDeadlineProtocol(H11Protocol):
     """h11 with a request-head deadline, which uvicorn lacks (it only times out idle keep-alive).
 
-    The timer runs whenever no request is being answered: from connect, and again after each
-    response. If it fires before a complete request head arrived, the connection is closed.
+    The deadline runs whenever no request is being answered: from connect, and again after each
+    response. If it passes before a complete request head arrived, the connection is closed.
+
+    One timer per connection, not one per response: a response only notes when it completed, and
+    the timer, when it fires, moves itself to that moment plus the deadline if a response completed
+    since it was set (cancelling and re-creating a timer on every keep-alive response cost ~4 % of
+    a ``/health/live`` probe).
     """
 
     head_deadline_seconds = SIDE_HEAD_DEADLINE_SECONDS
@@ -54,24 +59,28 @@ class HeadDeadlineProtocol(H11Protocol):
         if self.max_connections is not None and len(self.connections) > self.max_connections:
             transport.close()  # over the cap: no answer, nothing held (connection_lost forgets it)
             return
-        self._arm_head_deadline()
+        self._idle_since = self.loop.time()
+        self._arm_head_deadline(self._idle_since + self.head_deadline_seconds)
 
-    def _arm_head_deadline(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-        self._head_timer = self.loop.call_later(self.head_deadline_seconds, self._head_deadline_passed)
+    def _arm_head_deadline(self, when: float) -> None:
+        self._armed_idle_since = self._idle_since
+        self._head_timer = self.loop.call_at(when, self._head_deadline_passed)
 
     def _head_deadline_passed(self) -> None:
         self._head_timer = None
+        if self.transport.is_closing():
+            return
         if self.cycle is not None and not self.cycle.response_complete:
-            self._arm_head_deadline()  # a request is being answered: not idle
+            self._arm_head_deadline(self.loop.time() + self.head_deadline_seconds)  # answering: not idle
+            return
+        if self._idle_since != self._armed_idle_since:  # a response completed since: idle from then
+            self._arm_head_deadline(self._idle_since + self.head_deadline_seconds)
             return
         self.transport.close()
 
     def on_response_complete(self) -> None:
+        self._idle_since = self.loop.time()
         super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm_head_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._head_timer is not None:

@@ -28,7 +28,8 @@ def test_targets_and_percentiles() -> None:
 
 @pytest.mark.timeout(120)
 async def test_every_case_runs_at_toy_size(test_backends: Backends) -> None:
-    names = [name for name in CASES if name != "console"]  # owned and smoke-tested elsewhere
+    # console: owned and smoke-tested elsewhere; tracing: its own test below (processes of its own)
+    names = [name for name in CASES if name not in ("console", "tracing")]
     with quiet_stdout():
         results = await run_cases(
             SCALES["toy"],
@@ -61,3 +62,26 @@ async def test_every_case_runs_at_toy_size(test_backends: Backends) -> None:
     } <= storm, storm
     scale_out = [r for r in results if r.case == "scale-out"]
     assert [r.baseline is not None and r.baseline > 0 for r in scale_out] == [True], scale_out
+
+
+@pytest.mark.timeout(120)
+async def test_tracing_case_runs_at_toy_size(test_backends: Backends) -> None:
+    """Three ``serve`` processes and three worker processes (unconfigured, OTEL_SDK_DISABLED, OTLP
+    exporter on); the case itself fails unless the exporter side's worker delivered spans to the sink
+    and each worker process had tracing on or off as its environment says."""
+    with quiet_stdout():
+        results = await run_cases(
+            SCALES["toy"],
+            ["tracing"],
+            admin_dsn=test_backends.postgres_admin_dsn,
+            redis_url=test_backends.redis_url,
+        )
+    print(table(results))
+    rows = [r for r in results if r.case.startswith("tracing")]
+    assert [r.metric for r in results if r.metric == "ERROR"] == [], results
+    assert len(rows) == 4, rows
+    for row in rows:
+        assert row.baseline is not None and row.baseline > 0 and row.ratio is not None and row.ratio > 0, row
+    assert [r.target for r in rows] == [">= 0.97", None, ">= 0.97", None]
+    exported = [r.note for r in rows if r.case == "tracing: no-op worker" and "exporter" in r.metric]
+    assert exported and not exported[0].startswith("0 "), exported
