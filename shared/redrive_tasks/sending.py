@@ -55,11 +55,12 @@ FROM dead_letter_queue WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE
 """
 MARK_SENT = """
 UPDATE redrive_task_items AS i SET state = 'sent', retry_job_id = s.job_id, sent_at = now()
-FROM unnest($2::int[], $3::text[]) AS s(seq, job_id) WHERE i.task_id = $1 AND i.seq = s.seq
+FROM unnest($2::int[], $3::text[]) AS s(seq, job_id)
+WHERE i.task_id = $1 AND i.state = 'pending' AND i.seq = s.seq
 """
 MARK_SKIPPED = """
 UPDATE redrive_task_items SET state = 'skipped', outcome_at = now()
-WHERE task_id = $1 AND seq = ANY($2::int[])
+WHERE task_id = $1 AND state = 'pending' AND seq = ANY($2::int[])
 """
 COUNT_SENT = f"""
 UPDATE redrive_tasks SET sent = sent + $4, skipped = skipped + $5,
