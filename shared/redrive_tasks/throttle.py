@@ -7,7 +7,7 @@ lost rate. The catch-up is bounded: a schedule that fell further behind (the exe
 ``max_in_flight``, a paused queue, a slow database) keeps at most ``max_lag`` seconds of slots,
 ``CATCH_UP_SECONDS`` of the rate (at least one slot), so it never bursts to catch up a stall. Over
 any window of ``w`` seconds the sends stay within ``rate * (w + CATCH_UP_SECONDS) + 1``: at most
-1.05 x the rate over any 1 s window, and one slot of burst at rates up to 20/s.
+1.08 x the rate over any 1 s window, and one slot of burst at rates up to 12/s.
 Pure: the caller passes the clock.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-CATCH_UP_SECONDS = 0.05
+CATCH_UP_SECONDS = 0.08
 
 
 class Throttle:
