@@ -27,7 +27,7 @@ from shared.infra.db import Conn, execute, fetch, fetchrow
 from shared.infra.errors import Conflict, DependencyUnavailable, Invalid, NotFound
 from shared.infra.metrics import Metrics
 from shared.infra.tracing import traced
-from shared.jobs.enqueue_once import enqueue_unique
+from shared.jobs.enqueue_once import UniqueCall, enqueue_unique_many
 from shared.jobs.queues import ALL_QUEUES, RETRY_OF_KWARG, TRACELINK_KWARG
 
 MAX_BULK = 1000
@@ -66,32 +66,37 @@ def _original_call(row: Any) -> tuple[str, list[Any], dict[str, Any]]:
     return function, args, kwargs
 
 
-async def _enqueue_replay(redis: ArqRedis, metrics: Metrics | None, row: Any) -> str:
+def replay_call(row: Any) -> UniqueCall:
+    """The replay of an entry (columns of ``LOCK_ONE``) as one job under ``retry_job_id``: the
+    original call, ``retry_of`` lineage, a link to the original failure's span. ``Conflict``
+    (not_retryable) for an entry without a payload to replay."""
     function, args, original_kwargs = _original_call(row)
     kwargs = original_kwargs | {RETRY_OF_KWARG: str(row["id"])}
     kwargs.pop(TRACELINK_KWARG, None)  # never a stale one from the stored kwargs
     if row["trace_id"] and row["span_id"]:  # the original failure: linked, not parented
         kwargs[TRACELINK_KWARG] = f"00-{row['trace_id']}-{row['span_id']}-01"
-    job_id = retry_job_id(row["id"])
+    return UniqueCall(
+        function, args, kwargs, retry_job_id(row["id"]), row["queue_name"], row["correlation_id"]
+    )
+
+
+async def enqueue_replays(redis: ArqRedis, metrics: Metrics | None, calls: Sequence[UniqueCall]) -> None:
+    """Enqueue ``calls`` (from ``replay_call``) in one round trip (arq's de-duplication: a job id
+    that exists is refused, atomically); ``DependencyUnavailable`` when Redis fails."""
     try:
-        # one round trip, refused (None) when the job id exists: arq's de-duplication, atomically
-        await enqueue_unique(
-            redis,
-            function,
-            args=args,
-            kwargs=kwargs,
-            metrics=metrics,
-            job_id=job_id,
-            queue=row["queue_name"],
-            correlation_id=row["correlation_id"],
-        )
+        await enqueue_unique_many(redis, calls, metrics=metrics)
     except (ConnectionError, OSError, TimeoutError) as exc:
         raise DependencyUnavailable("redis", "could not enqueue the retry") from exc
     except Exception as exc:
         if type(exc).__module__.startswith("redis"):
             raise DependencyUnavailable("redis", "could not enqueue the retry") from exc
         raise
-    return job_id
+
+
+async def _enqueue_replay(redis: ArqRedis, metrics: Metrics | None, row: Any) -> str:
+    call = replay_call(row)
+    await enqueue_replays(redis, metrics, [call])
+    return call.job_id
 
 
 LOCK_ONE = """
@@ -146,16 +151,10 @@ FROM unnest($1::uuid[]) AS e(id)
 """
 
 
-async def enqueue_replay_locked(redis: ArqRedis, metrics: Metrics | None, row: Any) -> str:
-    """The enqueue half of ``replay_locked``, for a caller that marks many entries at once with
-    ``mark_replayed``: the row is locked and unresolved in the caller's transaction."""
-    return await _enqueue_replay(redis, metrics, row)
-
-
 async def mark_replayed(
     conn: Conn, entry_ids: Sequence[uuid.UUID], actor: Actor, metadata: dict[str, Any]
 ) -> None:
-    """``replay_locked``'s marking half for many entries enqueued by ``enqueue_replay_locked``: each
+    """``replay_locked``'s marking half for many entries enqueued by ``enqueue_replays``: each
     resolved ``retried`` with its job id and audited (``dlq.retry``), in two statements."""
     ids = list(entry_ids)
     await execute(conn, "dlq_mark_many_retried", MARK_MANY_RETRIED, ids, actor.name)

@@ -4,13 +4,15 @@ The same check and writes as arq's ``ArqRedis.enqueue_job`` (refuse when ``arq:j
 ``arq:result:<id>`` exists; else the job payload with arq's expiry and the queue zset entry), in
 one Lua script instead of WATCH + EXISTS + MULTI/EXEC: atomic, and a third of the round trips.
 For the redrive executor, which enqueues up to thousands of replays a second
-(``shared.redrive_tasks.sending``); the payload is arq's own ``serialize_job`` with our serializer,
+(``shared.redrive_tasks.sending``: ``enqueue_unique_many``, the calls due together in one
+pipelined round trip); the payload is arq's own ``serialize_job`` with our serializer,
 so workers cannot tell the difference. Same return contract as ``shared.jobs.enqueue.enqueue_call``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -30,6 +32,29 @@ return 1
 """
 
 
+@dataclass(frozen=True, slots=True)
+class UniqueCall:
+    """One job to enqueue under a fixed id (``enqueue_unique_many``)."""
+
+    function: str
+    args: Sequence[Any]
+    kwargs: Mapping[str, Any]
+    job_id: str
+    queue: str
+    correlation_id: str | None = None
+
+
+def _script_call(redis: ArqRedis, call: UniqueCall) -> list[Any]:
+    """``ENQUEUE_UNIQUE``'s key count, keys and arguments for ``call``, enqueued now."""
+    job_kwargs = call_kwargs(call.args, call.kwargs, call.correlation_id)
+    now_ms = timestamp_ms()
+    payload = serialize_job(
+        call.function, tuple(call.args), job_kwargs, None, now_ms, serializer=redis.job_serializer
+    )
+    keys = [job_key_prefix + call.job_id, result_key_prefix + call.job_id, call.queue]
+    return [3, *keys, payload, redis.expires_extra_ms, call.job_id, now_ms]
+
+
 async def enqueue_unique(
     redis: ArqRedis,
     function: str,
@@ -42,15 +67,32 @@ async def enqueue_unique(
     correlation_id: str | None = None,
 ) -> str | None:
     """Enqueue now on ``queue``; the job id, or ``None`` when that id exists (nothing enqueued)."""
-    job_kwargs = call_kwargs(args, kwargs, correlation_id)
-    now_ms = timestamp_ms()
-    payload = serialize_job(function, tuple(args), job_kwargs, None, now_ms, serializer=redis.job_serializer)
-    keys = [job_key_prefix + job_id, result_key_prefix + job_id, queue]
-    argv: list[Any] = [payload, redis.expires_extra_ms, job_id, now_ms]
+    call = UniqueCall(function, args, kwargs, job_id, queue, correlation_id)
     client: RedisClient = redis  # redis-py's eval is typed for both clients (shared.infra.redis)
-    created = await client.eval(ENQUEUE_UNIQUE, 3, *keys, *argv)
+    created = await client.eval(ENQUEUE_UNIQUE, *_script_call(redis, call))
     if not created:
         return None
     if metrics is not None:
         metrics.inc(metrics.queue_jobs_enqueued_total, {"queue": queue})
     return job_id
+
+
+async def enqueue_unique_many(
+    redis: ArqRedis, calls: Sequence[UniqueCall], *, metrics: Metrics | None = None
+) -> list[str | None]:
+    """``enqueue_unique`` for several calls in ONE round trip: a pipeline (not a transaction) of
+    the same script, so each call is atomic on its own and refused alone when its id exists.
+    Per call, in order: its job id, or ``None`` when refused."""
+    if not calls:
+        return []
+    client: RedisClient = redis
+    pipe = client.pipeline(transaction=False)
+    for call in calls:
+        pipe.eval(ENQUEUE_UNIQUE, *_script_call(redis, call))
+    created = await pipe.execute()
+    out: list[str | None] = []
+    for call, ok in zip(calls, created, strict=True):
+        out.append(call.job_id if ok else None)
+        if ok and metrics is not None:
+            metrics.inc(metrics.queue_jobs_enqueued_total, {"queue": call.queue})
+    return out
