@@ -201,6 +201,25 @@ class AdminAccount:
         return code_at(self.totp_secret, current_step() + step_offset)
 
 
+# Every admin a test makes without choosing its password gets this one, hashed once per session
+# with today's cost: one scrypt derivation is ~0.5 s of CPU, and fixtures that make an admin per
+# test (the DLQ API's 90 tests, the redrive API's two per test...) spent minutes of the suite
+# hashing a fresh random password each time. The hash is a real ``hash_password`` result, so
+# logins verify it as they verify the CLI's; accounts still differ in email and TOTP secret. A test
+# that passes ``password=`` gets its own hash, as before.
+_DEFAULT_PASSWORD = f"pw-{uuid.uuid4().hex}"
+_default_password_hash: str | None = None
+
+
+def _hash_of(password: str) -> str:
+    global _default_password_hash
+    if password != _DEFAULT_PASSWORD:
+        return hash_password(password)
+    if _default_password_hash is None:
+        _default_password_hash = hash_password(password)
+    return _default_password_hash
+
+
 async def create_admin(
     conn: Any,
     *,
@@ -210,15 +229,17 @@ async def create_admin(
     password: str | None = None,
     disabled: bool = False,
 ) -> AdminAccount:
-    """A user with a real scrypt hash and a Fernet-encrypted TOTP secret (same as the CLI makes)."""
+    """A user with a real scrypt hash and a Fernet-encrypted TOTP secret (same as the CLI makes).
+
+    Without ``password``, the session's shared default password and its one hash (see above)."""
     email = email or f"{role}-{uuid.uuid4().hex[:8]}@example.test"
-    password = password or f"pw-{uuid.uuid4().hex}"
+    password = password or _DEFAULT_PASSWORD
     secret = new_secret()
     user_id: uuid.UUID = await conn.fetchval(
         """INSERT INTO users (email, password_hash, role, totp_secret_encrypted, disabled_at)
            VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN now() END) RETURNING id""",
         email,
-        hash_password(password),
+        _hash_of(password),
         role,
         encrypt_secret(Fernet(mfa_encryption_key.encode()), secret),
         disabled,
