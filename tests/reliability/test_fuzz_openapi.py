@@ -43,7 +43,9 @@ from tests.factories import create_admin, create_admin_session, create_dlq_entry
 from tests.procs import Proc, base_env, wait_http
 
 MIN_CASES = 1000
-EXAMPLES_PER_MODE = 48
+# ~1,400 cases over the 30 operations: above the 1,000 with room as operations come and go
+# (48 gave 2,595 cases in 64 s of the suite's time).
+EXAMPLES_PER_MODE = 26
 CHECKS = (
     "not_a_server_error",
     "status_code_conformance",
