@@ -9,13 +9,13 @@ from typing import Any
 
 from arq.worker import Function
 
+from shared.infra.cancellation import cancel_until_done
 from shared.infra.config import Settings
 from shared.infra.db import Database
 from shared.infra.metrics import Metrics
 from shared.jobs.policy import RetryPolicy
 from worker.failure import JobFunction, with_failure_policy
 from worker.fmhl_worker import FmhlWorker, build_worker
-from worker.shutdown import cancel_until_done
 
 
 def job(queue: str, name: str, fn: JobFunction, **policy: Any) -> Function:
@@ -59,11 +59,13 @@ async def stop_worker_task(worker: FmhlWorker, task: asyncio.Future[Any]) -> Non
     cancel repeated until the task is gone. A bare ``task.cancel(); await task`` can hang for
     ever: on Python 3.11 a cancel landing in redis-py's ``wait_for`` is lost (issue 17)."""
     worker.stop_request.set()
-    finished = await cancel_until_done(task, timeout=30, name="test_worker_main")
-    assert finished, "the worker's main task ignored its stop for 30 s"
-    if not task.cancelled() and task.exception() is not None:
-        raise task.exception()  # type: ignore[misc]
-    await worker.close()
+    try:
+        finished = await cancel_until_done(task, timeout=30, name="test_worker_main")
+        assert finished, "the worker's main task ignored its stop for 30 s"
+        if not task.cancelled():
+            task.result()  # a worker that crashed fails the test with its own error
+    finally:
+        await worker.close()
 
 
 @contextlib.asynccontextmanager
