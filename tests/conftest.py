@@ -28,6 +28,7 @@ from tests.secret_scan import secret_scan  # noqa: F401 - autouse: no secret in 
 
 APP_TABLES = (
     "redrive_task_items",
+    "redrive_task_chunks",
     "redrive_tasks",
     "dead_letter_queue",
     "audit_log",

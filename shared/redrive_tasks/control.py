@@ -32,7 +32,12 @@ LIST_AFTER = f"""
 SELECT {TASK_COLUMNS} FROM redrive_tasks WHERE (created_at, id) < ($2, $3)
 ORDER BY created_at DESC, id DESC LIMIT $1
 """
-QUEUES_OF_TASK = "SELECT DISTINCT queue_name FROM redrive_task_items WHERE task_id = $1 AND state = 'pending'"
+# the queues of a task's pending entries: its pending items and its chunks not yet turned into items
+QUEUES_OF_TASK = """
+SELECT queue_name FROM redrive_task_items WHERE task_id = $1 AND state = 'pending'
+UNION
+SELECT unnest(queues) FROM redrive_task_chunks WHERE task_id = $1
+"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,9 @@
 """Creating a redrive task: the selection is frozen when the task is created.
 
 One set-based ``INSERT … SELECT`` copies the chosen entries (unresolved, with a payload to replay,
-oldest failure first) into ``redrive_task_items``; entries that fail later never join the task.
+oldest failure first) into ``redrive_task_chunks``: ``CHUNK_SIZE`` entries' ids and queues per row,
+in order (sql/011: the executor turns a chunk into ``redrive_task_items`` when it gets there).
+Entries that fail later never join the task.
 By ids or by a filter (queue, fingerprint, function, error type, failed-at range; at least one
 field). A dry run answers the count and a sample and creates nothing. An empty selection is
 ``Invalid`` (400): a task with nothing to do is a mistake worth telling.
@@ -31,6 +33,9 @@ from shared.redrive_tasks.model import (
 
 MAX_IDS = 100_000
 SAMPLE_SIZE = 10
+# Entries per frozen chunk: ~100 rows for a 100,000-entry group at creation; the executor turns one
+# chunk into items at a time (a batch is at most 500 sends), ~5 ms each.
+CHUNK_SIZE = 1000
 FILTER_FIELDS = ("queue", "fingerprint", "function", "error_type", "failed_from", "failed_to")
 
 
@@ -137,9 +142,10 @@ def _validate_filter(f: SelectionFilter) -> None:
 # creations are serialized by CREATION_LOCK so two concurrent creations take disjoint entries).
 # One constant query for every filter: an absent field is NULL and matches everything.
 # Cost (issue 19: 100,000 entries well under 1 s): "waiting in a live task" reads only the live
-# tasks' pending items (open_idx, by task id), never the pending items cancelled tasks leave
-# behind; the numbering sort stays in memory (CREATION_WORK_MEM: 100,000 rows need ~11 MB, the
-# default 4 MB spilled them to disk); the items have one index (sql/010) for the bulk insert.
+# tasks' pending items (open_idx, by task id) and chunks (by primary key), never what cancelled
+# tasks leave behind; the numbering sort stays in memory (CREATION_WORK_MEM: 100,000 rows need
+# ~11 MB, the default 4 MB spilled them to disk); the selection is written as ~100 chunk rows, not
+# 100,000 item rows (sql/011).
 ELIGIBLE = """
     d.resolved_at IS NULL AND d.function <> '<unknown>' AND d.payload_omitted IS NULL
     AND ($1::uuid[] IS NULL OR d.id = ANY($1::uuid[]))
@@ -151,6 +157,11 @@ ELIGIBLE = """
         WHERE i.task_id = ANY (ARRAY(SELECT t.id FROM redrive_tasks AS t
                                      WHERE t.state IN ('pending', 'running', 'paused', 'tripped')))
           AND i.state = 'pending' AND i.dlq_entry_id = d.id)
+    AND NOT EXISTS (
+        SELECT 1 FROM redrive_task_chunks AS c, unnest(c.dlq_entry_ids) AS e(id)
+        WHERE c.task_id = ANY (ARRAY(SELECT t.id FROM redrive_tasks AS t
+                                     WHERE t.state IN ('pending', 'running', 'paused', 'tripped')))
+          AND e.id = d.id)
 """
 PICKED = f"""
 SELECT d.id, d.queue_name, d.function, d.error_type, d.failed_at FROM dead_letter_queue AS d
@@ -168,8 +179,16 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9)
 RETURNING {TASK_COLUMNS}
 """
 FREEZE_SELECTION = f"""
-INSERT INTO redrive_task_items (task_id, seq, dlq_entry_id, queue_name)
-SELECT $9, row_number() OVER (ORDER BY failed_at, id), id, queue_name FROM ({PICKED}) AS picked
+WITH numbered AS (
+    SELECT id, queue_name, row_number() OVER (ORDER BY failed_at, id) AS seq FROM ({PICKED}) AS picked
+), frozen AS (
+    INSERT INTO redrive_task_chunks (task_id, first_seq, dlq_entry_ids, queue_names, queues)
+    SELECT $9, min(seq), array_agg(id ORDER BY seq), array_agg(queue_name ORDER BY seq),
+           array_agg(DISTINCT queue_name)
+    FROM numbered GROUP BY (seq - 1) / {CHUNK_SIZE}
+    RETURNING cardinality(dlq_entry_ids) AS entries
+)
+SELECT coalesce(sum(entries), 0)::integer FROM frozen
 """
 SET_TOTAL = f"UPDATE redrive_tasks SET total = $2 WHERE id = $1 RETURNING {TASK_COLUMNS}"
 
@@ -221,10 +240,8 @@ async def create_task(pool: Any, spec: TaskSpec, actor: Actor) -> RedriveTask:
             spec.breaker_threshold,
             actor.name,
         )
-        status = await execute(
-            conn, "redrive_freeze_selection", FREEZE_SELECTION, *_selection_args(spec), task_id
-        )
-        total = int(status.split()[-1])
+        args = (*_selection_args(spec), task_id)
+        total = int(await fetchval(conn, "redrive_freeze_selection", FREEZE_SELECTION, *args))
         if total == 0:
             raise Invalid(
                 "the selection is empty: no unresolved, replayable entry matches", code="empty_selection"
@@ -252,12 +269,12 @@ async def create_task(pool: Any, spec: TaskSpec, actor: Actor) -> RedriveTask:
 
 
 ITEM_JOB_IDS = """
-SELECT 'dlq-retry:' || dlq_entry_id AS job_id FROM redrive_task_items
+SELECT 'dlq-retry:' || dlq_entry_id AS job_id FROM redrive_task_entries
 WHERE task_id = $1 AND state IN ('pending', 'sent') ORDER BY seq LIMIT $2
 """
 
 
 async def item_job_ids(conn: Conn, task_id: uuid.UUID, limit: int) -> list[str]:
     """The job id each frozen entry runs under when sent (``shared.dlq.redrive.retry_job_id``), for
-    a task just created (its items pending or sent: the ones ``redrive_task_items_open_idx`` holds)."""
+    a task just created (its entries pending or sent, in chunks or items)."""
     return [r["job_id"] for r in await fetch(conn, "redrive_item_job_ids", ITEM_JOB_IDS, task_id, limit)]

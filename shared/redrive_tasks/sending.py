@@ -1,13 +1,13 @@
 """Sending one batch of a task's items: each entry redriven at most once.
 
-In one transaction: the fenced ``UPDATE`` of the task (lease still ours, state ``running``: a
-pause or cancel committed before this point stops the batch), then the next ``pending`` items
-(queues paused by issue 18 left out), their DLQ rows locked (``FOR NO KEY UPDATE``: a worker
-capturing a failed retry may still insert a row pointing here), and each still-unresolved entry
-goes through the single retry's code (``shared.dlq.redrive``: ``replay_call`` per entry, sent by
-``enqueue_replays`` in one pipelined round trip per group of slots due together, then
-``mark_replayed`` for the batch in two statements): the deterministic job id
-``dlq-retry:<id>``, ``retry_of`` lineage, the entry marked retried and audited (``dlq.retry``).
+In one transaction: the fenced ``UPDATE`` of the task (lease still ours, state ``running``: a pause
+or cancel committed before this point stops the batch), then the next ``pending`` items (queues
+paused by issue 18 left out; frozen chunks become items when too few are left), their DLQ rows
+locked (``FOR NO KEY UPDATE``: a worker capturing a failed retry may still insert a row pointing
+here), and each still-unresolved entry goes through the single retry's code (``shared.dlq.redrive``:
+``replay_call`` per entry, sent by ``enqueue_replays`` in one pipelined round trip per group of
+slots due together, then ``mark_replayed`` for the batch in two statements): the deterministic job
+id ``dlq-retry:<id>``, ``retry_of`` lineage, the entry marked retried and audited (``dlq.retry``).
 If the process dies after an enqueue and before the commit, nothing is marked: the next holder
 enqueues the same job id and arq refuses the duplicate. An entry resolved meanwhile (by hand, a
 single retry, another task) or pruned is ``skipped``. Each send waits for its throttle slot
@@ -55,6 +55,18 @@ SELECT seq, dlq_entry_id, queue_name FROM redrive_task_items
 WHERE task_id = $1 AND state = 'pending' AND NOT (queue_name = ANY($2::text[]))
 ORDER BY seq LIMIT $3
 """
+# The task's next frozen chunk becomes pending items (sql/011), in the sender's fenced transaction:
+# the chunk row is deleted in the statement that inserts its items, so an entry is in one place.
+EXPLODE_NEXT_CHUNK = """
+WITH chunk AS (
+    DELETE FROM redrive_task_chunks
+    WHERE task_id = $1 AND first_seq = (SELECT min(first_seq) FROM redrive_task_chunks WHERE task_id = $1)
+    RETURNING first_seq, dlq_entry_ids, queue_names
+)
+INSERT INTO redrive_task_items (task_id, seq, dlq_entry_id, queue_name)
+SELECT $1, chunk.first_seq + (e.ordinal - 1)::integer, e.id, e.queue
+FROM chunk, unnest(chunk.dlq_entry_ids, chunk.queue_names) WITH ORDINALITY AS e(id, queue, ordinal)
+"""
 LOCK_ENTRIES = """
 SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at, content_escaped,
        payload_omitted, trace_id, span_id
@@ -95,7 +107,7 @@ async def send_batch(
         count = min(count, task["room"], task["remaining"])  # at most max_in_flight without an outcome
         if count <= 0:
             return BatchResult(running=True)
-        items = await fetch(conn, "redrive_next_items", NEXT_ITEMS, lease.task_id, paused_queues, count)
+        items = await _next_items(conn, lease, paused_queues, count)
         if not items:
             return BatchResult(running=True)
         rows = await fetch(conn, "redrive_lock_entries", LOCK_ENTRIES, [i["dlq_entry_id"] for i in items])
@@ -134,6 +146,20 @@ async def send_batch(
         for (queue, outcome), n in result.by_queue.items():
             metrics.inc(metrics.redrive_jobs_total, {"queue": queue, "outcome": outcome}, n)
     return result
+
+
+async def _next_items(conn: Any, lease: Lease, paused_queues: list[str], count: int) -> list[Any]:
+    """The next ``count`` pending items outside paused queues, turning frozen chunks into items while
+    there are too few (a chunk of a paused queue becomes items that simply wait)."""
+    while True:
+        items: list[Any] = await fetch(
+            conn, "redrive_next_items", NEXT_ITEMS, lease.task_id, paused_queues, count
+        )
+        if len(items) >= count:
+            return items
+        status = await execute(conn, "redrive_explode_next_chunk", EXPLODE_NEXT_CHUNK, lease.task_id)
+        if status.split()[-1] == "0":  # no chunk left
+            return items
 
 
 async def _send_on_schedule(

@@ -294,7 +294,7 @@ async def test_two_concurrent_bulk_retries_by_fingerprint_hand_each_of_500_to_on
     assert result["retried"] == 500 and (result["rate_per_second"], result["max_in_flight"]) == (10.0, 20)
     assert set(result["job_ids"]) == {f"dlq-retry:{entry_id}" for entry_id in targets}
     assert await api.redis.zcard(EMAIL_SEND) == 0  # nothing pushed at once: the executor sends
-    items = await api.pool.fetch("SELECT dlq_entry_id FROM redrive_task_items")
+    items = await api.pool.fetch("SELECT dlq_entry_id FROM redrive_task_entries")
     assert {row["dlq_entry_id"] for row in items} == targets and len(items) == 500
     (created,) = await audit_rows(api.pool, "redrive.create")
     assert created["actor"] == api.email and created["metadata"]["via"] == "dlq.bulk_retry"
@@ -348,7 +348,7 @@ async def test_bulk_retry_by_fingerprint_defaults_to_100_and_honours_max(api: Ap
     rest = await api.post(f"{BASE}/retry", body | {"max": 1000})
     assert rest.json()["retried"] == 23
     assert_error(await api.post(f"{BASE}/retry", body), 400, "empty_selection")
-    assert await api.pool.fetchval("SELECT count(DISTINCT dlq_entry_id) FROM redrive_task_items") == 130
+    assert await api.pool.fetchval("SELECT count(DISTINCT dlq_entry_id) FROM redrive_task_entries") == 130
 
 
 # --- retry_of through a real worker -------------------------------------------------------------

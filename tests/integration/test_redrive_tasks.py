@@ -22,6 +22,8 @@ from shared.infra.metrics import Metrics
 from shared.infra.redis import queue_paused_key
 from shared.jobs.pause_state import PauseState
 from shared.jobs.queues import EMAIL_SEND
+from shared.redrive_tasks import selection
+from shared.redrive_tasks.control import pending_queues
 from shared.redrive_tasks.executor import RedriveExecutor
 from shared.redrive_tasks.lease import claim
 from shared.redrive_tasks.sending import send_batch
@@ -110,7 +112,7 @@ async def test_dry_run_counts_and_samples_and_creation_freezes_the_selection(api
     assert detail["total"] == 5
     assert (
         await api.pool.fetchval(
-            "SELECT count(*) FROM redrive_task_items WHERE task_id = $1", uuid.UUID(task["id"])
+            "SELECT count(*) FROM redrive_task_entries WHERE task_id = $1", uuid.UUID(task["id"])
         )
         == 5
     )
@@ -385,6 +387,62 @@ async def test_two_executors_racing_one_drives_and_a_stale_holder_is_fenced(api:
     assert (
         await api.pool.fetchval("SELECT count(*) FROM dead_letter_queue WHERE resolved_at IS NOT NULL") == 0
     )
+
+
+async def test_frozen_chunks_become_items_in_order_and_each_entry_is_sent_once(api: Api) -> None:
+    """sql/011: 2,300 entries freeze as 3 chunks (nothing else written at creation); the sender turns
+    them into items as it goes, in failed_at order, each entry sent once; a paused queue's entries
+    become items that wait; a chunk still counts as its entries' pending items meanwhile."""
+    n, chunk = 2_300, selection.CHUNK_SIZE
+    await api.pool.execute(
+        """INSERT INTO dead_letter_queue (queue_name, job_id, function, args, kwargs, error_type,
+                                          error_message, fingerprint, attempts, reason, failed_at)
+           SELECT CASE WHEN g % 10 = 0 THEN 'report_export' ELSE 'email_send' END, 'chunk-' || g,
+                  'probe', '[]', jsonb_build_object('n', g), 'Boom', 'boom', 'fp-chunks', 1, 'exhausted',
+                  now() - interval '1 hour' + (($1::int - g) * interval '1 millisecond')
+           FROM generate_series(1, $1::int) AS g""",
+        n,
+    )
+    body = {"name": "big", "filter": {"fingerprint": "fp-chunks"}, "rate_per_second": 5000}
+    task = (await api.post(BASE, body | {"max_in_flight": 10_000})).json()
+    task_id = uuid.UUID(task["id"])
+    assert task["total"] == n
+    chunks = await api.pool.fetchval("SELECT count(*) FROM redrive_task_chunks WHERE task_id = $1", task_id)
+    assert chunks == -(-n // chunk) == 3
+    assert await api.pool.fetchval("SELECT count(*) FROM redrive_task_items") == 0
+    again = await api.post(BASE, {"name": "again", "filter": {"fingerprint": "fp-chunks"}})
+    assert_error(again, 400, "empty_selection")  # chunked entries wait in a live task
+    async with api.pool.acquire() as conn:
+        assert await pending_queues(conn, task_id) == ["email_send", "report_export"]
+        lease = await claim(conn, "chunk-test", 30, [])
+    assert lease is not None and lease.task_id == task_id
+    sent = 0
+    while True:
+        batch = await send_batch(
+            api.pool, api.redis, None, lease, count=500, paused_queues=["report_export"],
+            throttle=Throttle(1_000_000, time.monotonic()),
+        )  # fmt: skip
+        assert batch.running
+        if batch.sent == 0:
+            break
+        sent += batch.sent
+    assert sent == n - n // 10
+    assert await api.pool.fetchval("SELECT count(*) FROM redrive_task_chunks") == 0
+    items = await api.pool.fetch(
+        """SELECT i.seq, i.state, i.queue_name, i.retry_job_id, d.id, d.failed_at, d.retry_job_id AS marked
+           FROM redrive_task_items AS i JOIN dead_letter_queue AS d ON d.id = i.dlq_entry_id
+           ORDER BY i.seq"""
+    )
+    assert [r["seq"] for r in items] == list(range(1, n + 1))
+    assert [r["failed_at"] for r in items] == sorted(r["failed_at"] for r in items)  # oldest first
+    waiting = [r for r in items if r["queue_name"] == "report_export"]
+    assert len(waiting) == n // 10 and {r["state"] for r in waiting} == {"pending"}
+    done = [r for r in items if r["queue_name"] == "email_send"]
+    assert {r["state"] for r in done} == {"sent"}
+    assert all(r["retry_job_id"] == r["marked"] == f"dlq-retry:{r['id']}" for r in done)
+    assert await api.redis.zcard(EMAIL_SEND) == len(done)
+    async with api.pool.acquire() as conn:
+        assert await pending_queues(conn, task_id) == ["report_export"]
 
 
 # --- fmhl-ops redrive as a process -------------------------------------------------------------
