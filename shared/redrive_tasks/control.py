@@ -32,7 +32,8 @@ LIST_AFTER = f"""
 SELECT {TASK_COLUMNS} FROM redrive_tasks WHERE (created_at, id) < ($2, $3)
 ORDER BY created_at DESC, id DESC LIMIT $1
 """
-# the queues of a task's pending entries: its pending items and its chunks not yet turned into items
+# the queues of a task's pending entries: its pending items' queues, and while chunks wait to become
+# items the queues of the whole selection (sql/011 keeps no per-entry queue in a chunk)
 QUEUES_OF_TASK = """
 SELECT queue_name FROM redrive_task_items WHERE task_id = $1 AND state = 'pending'
 UNION

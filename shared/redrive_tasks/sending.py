@@ -57,15 +57,18 @@ ORDER BY seq LIMIT $3
 """
 # The task's next frozen chunk becomes pending items (sql/011), in the sender's fenced transaction:
 # the chunk row is deleted in the statement that inserts its items, so an entry is in one place.
+# An item's queue comes from its DLQ row; an entry pruned meanwhile (resolved long ago: it will be
+# skipped) takes the task's first queue as its label.
 EXPLODE_NEXT_CHUNK = """
 WITH chunk AS (
     DELETE FROM redrive_task_chunks
     WHERE task_id = $1 AND first_seq = (SELECT min(first_seq) FROM redrive_task_chunks WHERE task_id = $1)
-    RETURNING first_seq, dlq_entry_ids, queue_names
+    RETURNING first_seq, dlq_entry_ids, queues
 )
 INSERT INTO redrive_task_items (task_id, seq, dlq_entry_id, queue_name)
-SELECT $1, chunk.first_seq + (e.ordinal - 1)::integer, e.id, e.queue
-FROM chunk, unnest(chunk.dlq_entry_ids, chunk.queue_names) WITH ORDINALITY AS e(id, queue, ordinal)
+SELECT $1, chunk.first_seq + (e.ordinal - 1)::integer, e.id, coalesce(d.queue_name, chunk.queues[1])
+FROM chunk CROSS JOIN unnest(chunk.dlq_entry_ids) WITH ORDINALITY AS e(id, ordinal)
+LEFT JOIN dead_letter_queue AS d ON d.id = e.id
 """
 LOCK_ENTRIES = """
 SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at, content_escaped,
