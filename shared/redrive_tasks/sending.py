@@ -57,8 +57,9 @@ ORDER BY seq LIMIT $3
 """
 # The task's next frozen chunk becomes pending items (sql/011), in the sender's fenced transaction:
 # the chunk row is deleted in the statement that inserts its items, so an entry is in one place.
-# An item's queue comes from its DLQ row; an entry pruned meanwhile (resolved long ago: it will be
-# skipped) takes the task's first queue as its label.
+# An item's queue: the selection's one queue (the usual case: a failure group is one queue), else
+# its DLQ row's; an entry pruned meanwhile (resolved long ago: it will be skipped) takes the
+# selection's first queue as its label.
 EXPLODE_NEXT_CHUNK = """
 WITH chunk AS (
     DELETE FROM redrive_task_chunks
@@ -66,9 +67,12 @@ WITH chunk AS (
     RETURNING first_seq, dlq_entry_ids, queues
 )
 INSERT INTO redrive_task_items (task_id, seq, dlq_entry_id, queue_name)
-SELECT $1, chunk.first_seq + (e.ordinal - 1)::integer, e.id, coalesce(d.queue_name, chunk.queues[1])
-FROM chunk CROSS JOIN unnest(chunk.dlq_entry_ids) WITH ORDINALITY AS e(id, ordinal)
-LEFT JOIN dead_letter_queue AS d ON d.id = e.id
+SELECT $1, chunk.first_seq + (e.ordinal - 1)::integer, e.id,
+       CASE WHEN cardinality(chunk.queues) = 1 THEN chunk.queues[1]
+            ELSE coalesce((SELECT d.queue_name FROM dead_letter_queue AS d WHERE d.id = e.id),
+                          chunk.queues[1])
+       END
+FROM chunk, unnest(chunk.dlq_entry_ids) WITH ORDINALITY AS e(id, ordinal)
 """
 LOCK_ENTRIES = """
 SELECT id, queue_name, function, args, kwargs, correlation_id, resolved_at, content_escaped,
