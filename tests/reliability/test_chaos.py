@@ -13,10 +13,12 @@ template (permanent) or a plain message (ok).
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -247,7 +249,7 @@ async def test_chaos_nothing_lost_nothing_twice() -> None:
                 codes = await asyncio.to_thread(fleet.stop)
                 await redis.aclose()
             assert codes == [0] * len(FLEET), fleet.output()
-        await _verify(servers, jobs, counts, fleet, smtp, results, chaos_s, drain_s)
+        await _verify(servers, jobs, counts, fleet, smtp, results, rejected, chaos_s, drain_s)
         assert not rejected, [entry[:600] for entry in rejected[:5]]
 
 
@@ -257,6 +259,17 @@ async def _arq_results(redis: Any, jobs: list[PlannedJob]) -> dict[str, dict[str
         pipe.get(f"arq:result:{job.job_id}")
     raw = await pipe.execute()
     return {job.job_id: orjson.loads(value) for job, value in zip(jobs, raw, strict=True) if value}
+
+
+def _arq_outcome(result: dict[str, Any] | None) -> str:
+    """arq's result record in one line: try, success, what it returned or raised, run time."""
+    if result is None:
+        return "none (never finished, or its result expired)"
+    ran = (result.get("ft") or 0) - (result.get("st") or 0)
+    return (
+        f"try={result.get('t')} success={result.get('s')} ran={ran / 1000:.2f}s "
+        f"result={orjson.dumps(result.get('r'), default=str).decode()[:300]}"
+    )
 
 
 async def _done_keys(conn: Any) -> dict[str, set[str]]:
@@ -277,6 +290,7 @@ async def _verify(
     fleet: WorkerFleet,
     smtp: Any,
     results: dict[str, dict[str, Any]],
+    rejected: list[bytes],
     chaos_s: float,
     drain_s: float,
 ) -> None:
@@ -343,9 +357,12 @@ async def _verify(
     )
     assert counts.enqueued == len(jobs) == 3000
     assert fleet.kills >= 10 and counts.redis_restarts == 1 and counts.postgres_restarts == 1
-    assert not missing, _trace(missing[:5], fleet, smtp)
-    assert not twice, _trace(twice[:5], fleet, smtp, dlq_rows)
-    assert not permanent_not_once, _trace(permanent_not_once[:3], fleet, smtp)
+    trace = functools.partial(
+        _trace, fleet=fleet, smtp=smtp, dlq_rows=dlq_rows, results=results, rejected=rejected
+    )
+    assert not missing, trace(missing[:5])
+    assert not twice, trace(twice[:5])
+    assert not permanent_not_once, trace(permanent_not_once[:5])
     assert all(row["reason"] for row in dlq_rows)
     # A transient failure never ends as "permanent" (chaos may exhaust its tries, nothing else).
     misjudged = [
@@ -357,14 +374,28 @@ async def _verify(
     assert unbalanced == 0 and charges == assignments
 
 
-def _trace(job_ids: list[str], fleet: WorkerFleet, smtp: Any, dlq_rows: Any = ()) -> str:
-    """What the workers logged about each job (and its DLQ row), to see where it was lost."""
+def _trace(
+    job_ids: list[str],
+    fleet: WorkerFleet,
+    smtp: Any,
+    dlq_rows: Any = (),
+    results: dict[str, dict[str, Any]] | None = None,
+    rejected: Sequence[bytes] = (),
+) -> str:
+    """What is known of each job, to see where it was lost or doubled: its DLQ rows (how many,
+    each reason), arq's result record (the last try's number and outcome: a final failure no DLQ
+    row explains was lost on its way to the DLQ) and what the workers logged about it."""
     lines = []
     for job_id in job_ids:
+        rows = [r for r in dlq_rows if r["job_id"] == job_id]
+        lines.append(f"{job_id}: {len(rows)} DLQ row(s)")
         lines.extend(
-            f"{job_id}: DLQ {r['reason']}: {r['error_type']}: {r['error_message'][:300]}"
-            for r in dlq_rows
-            if r["job_id"] == job_id
+            f"{job_id}: DLQ {r['reason']}: {r['error_type']}: {r['error_message'][:300]}" for r in rows
+        )
+        if results is not None:
+            lines.append(f"{job_id}: arq result {_arq_outcome(results.get(job_id))}")
+        lines.extend(
+            f"{job_id}: parked as refused: {entry[:500]!r}" for entry in rejected if job_id.encode() in entry
         )
         key = job_id.removeprefix("chaos-")
         logged = [
