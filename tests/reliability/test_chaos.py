@@ -19,7 +19,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -137,24 +137,32 @@ class ChaosCounts:
     enqueue_retries: int = 0
     redis_restarts: int = 0
     postgres_restarts: int = 0
+    # jobs whose first enqueue call answered "that id exists already": each id is new, so the job
+    # was not written (arq's WATCH-based enqueue said so of an enqueue a Redis restart cut)
+    exists_on_first_call: list[str] = field(default_factory=list)
 
 
 async def _enqueue_all(redis: Any, jobs: list[PlannedJob], counts: ChaosCounts) -> None:
     """Enqueue at an even pace over ``ENQUEUE_SECONDS``; a call that fails (Redis restarting) is
-    retried with the same job id, which arq de-duplicates."""
+    retried with the same job id, which ``enqueue`` de-duplicates: "exists already" (``None``)
+    is then the answer when the failed call had written the job, and never to a first call."""
     batch = 25
     pause = ENQUEUE_SECONDS / (len(jobs) / batch)
     for start in range(0, len(jobs), batch):
         for job in jobs[start : start + batch]:
+            first_call = True
             while True:
                 try:
-                    await enqueue(
+                    answer = await enqueue(
                         redis, job.function, job_id=job.job_id, correlation_id=job.job_id, **job.kwargs
                     )
                     break
                 except Exception:
                     counts.enqueue_retries += 1
+                    first_call = False
                     await asyncio.sleep(0.2)
+            if answer is None and first_call:
+                counts.exists_on_first_call.append(job.job_id)
             counts.enqueued += 1
         await asyncio.sleep(pause)
 
@@ -356,6 +364,9 @@ async def _verify(
         f"chaos: providers unbalanced={unbalanced}, charges={charges} assignments={assignments}"
     )
     assert counts.enqueued == len(jobs) == 3000
+    assert not counts.exists_on_first_call, (
+        f"enqueue said 'exists already' of new ids: {counts.exists_on_first_call}"
+    )
     assert fleet.kills >= 10 and counts.redis_restarts == 1 and counts.postgres_restarts == 1
     trace = functools.partial(
         _trace, fleet=fleet, smtp=smtp, dlq_rows=dlq_rows, results=results, rejected=rejected
