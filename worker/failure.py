@@ -28,6 +28,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -36,6 +37,7 @@ from arq.typing import WorkerCoroutine
 from arq.worker import Function, Retry, func
 
 from shared.dlq.capture import capture
+from shared.infra.cancellation import run_to_end
 from shared.infra.correlation import bind_correlation_id, reset_correlation_id
 from shared.infra.db import STATEMENT_STATE_ERRORS
 from shared.infra.errors import Busy, DependencyUnavailable
@@ -93,6 +95,33 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT_ERRORS)
 
 
+@dataclass(frozen=True, slots=True)
+class JobTry:
+    """One try of one job, as the decorator handles it."""
+
+    ctx: dict[str, Any]
+    queue: str
+    function: str
+    policy: RetryPolicy
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    correlation_id: str | None
+    retry_of: Any
+    began: float  # time.monotonic() at the try's start; arq's own timeout started a moment before
+
+    @property
+    def job_id(self) -> str:
+        return str(self.ctx.get("job_id"))
+
+    @property
+    def job_try(self) -> int:
+        return int(self.ctx.get("job_try", 1))
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"queue": self.queue, "function": self.function}
+
+
 def with_failure_policy(queue: str, name: str, policy: RetryPolicy, coroutine: JobFunction) -> Function:
     """Wrap ``coroutine(ctx, **kwargs)`` and return the arq ``Function`` to register."""
 
@@ -100,11 +129,9 @@ def with_failure_policy(queue: str, name: str, policy: RetryPolicy, coroutine: J
     async def run_job(ctx: dict[str, Any], *args: Any, **raw_kwargs: Any) -> Any:
         kwargs, correlation_id, retry_of = split_reserved_kwargs(raw_kwargs)
         token = bind_correlation_id(correlation_id or f"job:{ctx.get('job_id')}")
+        began = time.monotonic()
+        job = JobTry(ctx, queue, name, policy, args, kwargs, correlation_id, retry_of, began)
         metrics: Metrics | None = ctx.get("metrics")
-        redis = ctx.get("redis")
-        job_id = str(ctx.get("job_id"))
-        job_try = int(ctx.get("job_try", 1))
-        labels = {"queue": queue, "function": name}
         pickup = await at_pickup(
             ctx, queue=queue, function=name, args=args, raw_kwargs=raw_kwargs, max_tries=policy.max_tries
         )
@@ -114,82 +141,30 @@ def with_failure_policy(queue: str, name: str, policy: RetryPolicy, coroutine: J
         started = time.perf_counter()
         retried = False  # this try ends in Retry or cancellation: the job goes on
         try:
-            # asyncio.timeout, not wait_for: wait_for wraps every job in a task of its own (3.11)
-            async with asyncio.timeout(policy.timeout_seconds):
-                result = await coroutine(ctx, *args, **kwargs)
-        except asyncio.CancelledError:
-            aborted = await record_if_aborted(
-                ctx,
-                queue=queue,
-                function=name,
-                args=args,
-                kwargs=kwargs,
-                correlation_id=correlation_id,
-                job_id=job_id,
-                job_try=job_try,
-            )
-            if not aborted:  # an operator's abort is recorded, not a lost or cancelled try
-                retried = True
-                await _mark_cancelled(redis, job_id, job_try)
-            raise
-        except Exception as exc:
-            _observe(metrics, labels, started)
-            transient = is_transient(exc)
-            if transient and job_try < policy.max_tries:
-                delay = policy.backoff_seconds(job_try)
+            try:
+                # asyncio.timeout, not wait_for: wait_for wraps every job in a task of its own (3.11)
+                async with asyncio.timeout(policy.timeout_seconds):
+                    result = await coroutine(ctx, *args, **kwargs)
+            except asyncio.CancelledError:
+                retried, overrun = await _on_cancel(job)
+                if overrun is None:  # an abort or a shutdown: the cancel goes on
+                    raise
+                failure: Exception = overrun
+            except Exception as exc:
+                failure = exc
+            else:
+                _observe(metrics, job.labels, started)
                 if metrics is not None:
-                    metrics.inc(metrics.queue_jobs_failed_total, {**labels, "final": "false"})
-                log_event(
-                    "WARNING",
-                    "job_retry_scheduled",
-                    queue=queue,
-                    function=name,
-                    job_id=job_id,
-                    job_try=job_try,
-                    max_tries=policy.max_tries,
-                    retry_in_s=round(delay, 3),
-                    error_type=type(exc).__name__,
-                )
-                await record_retry(
-                    redis,
-                    queue=queue,
-                    job_id=job_id,
-                    job_try=job_try,
-                    max_tries=policy.max_tries,
-                    delay_seconds=delay,
-                    error_type=type(exc).__name__,
-                    error_message=safe_message(exc),
-                )
-                retried = True
-                raise Retry(defer=delay) from exc
-            reason = "exhausted" if transient else "permanent"
-            if metrics is not None:
-                metrics.inc(metrics.queue_jobs_failed_total, {**labels, "final": "true"})
-            record = record_from_exception(
-                queue=queue,
-                job_id=job_id,
-                function=name,
-                args=args,
-                kwargs=kwargs,
-                exc=exc,
-                attempts=job_try,
-                reason=reason,
-                enqueued_at=ctx.get("enqueue_time"),
-                correlation_id=correlation_id,
-                retry_of=retry_of,
-            )
-            await capture(ctx.get("db"), redis, record, metrics)
-            if isinstance(exc, Retry):
-                # arq would retry a Retry forever past max_tries; end it as a plain failure.
-                raise RuntimeError(f"retries exhausted after {job_try} tries") from exc
-            raise
-        else:
-            _observe(metrics, labels, started)
-            if metrics is not None:
-                metrics.inc(metrics.queue_jobs_completed_total, labels)
-            return result
+                    metrics.inc(metrics.queue_jobs_completed_total, job.labels)
+                return result
+            _observe(metrics, job.labels, started)
+            outcome = await _end_failed_try(job, failure)
+            retried = isinstance(outcome, Retry)
+            if outcome is failure:
+                raise failure
+            raise outcome from failure
         finally:
-            await at_end_of_try(redis, job_id, pickup, job_goes_on=retried)
+            await at_end_of_try(ctx.get("redis"), job.job_id, pickup, job_goes_on=retried)
             reset_correlation_id(token)
 
     return func(
@@ -198,6 +173,103 @@ def with_failure_policy(queue: str, name: str, policy: RetryPolicy, coroutine: J
         max_tries=policy.max_tries,
         timeout=policy.arq_timeout_seconds,
     )
+
+
+async def _on_cancel(job: JobTry) -> tuple[bool, TimeoutError | None]:
+    """A cancelled try: (whether the job goes on, the error to handle it as, if any).
+
+    * an operator's abort: recorded; the cancel goes on (arq records the job as aborted);
+    * a shutdown: marked (``_mark_cancelled``); the cancel goes on and arq runs the job again;
+    * arq's own timeout: arq cancels a try still running ``ARQ_TIMEOUT_GRACE_SECONDS`` past the
+      decorator's timeout (its body did not stop in time when ours cancelled it, or what came
+      after the body took that long) and then finishes the job as failed for good, with no
+      hook. Passing the cancel on lost the job (in neither the queue nor the DLQ), so it is
+      handled as this try's timeout: retried, or captured on the last try.
+
+    A cancel that comes after the try's own timeout is taken for arq's: a shutdown's then makes
+    arq run the job again whatever this try ends with (a capture on the last try is the DLQ row
+    the next pickup, past max_tries, would have made)."""
+    aborted = await record_if_aborted(
+        job.ctx,
+        queue=job.queue,
+        function=job.function,
+        args=job.args,
+        kwargs=job.kwargs,
+        correlation_id=job.correlation_id,
+        job_id=job.job_id,
+        job_try=job.job_try,
+    )
+    if aborted:  # an operator's abort is recorded, not a lost or cancelled try
+        return False, None
+    elapsed = time.monotonic() - job.began
+    if elapsed < job.policy.timeout_seconds:  # not past its own timeout: a shutdown
+        await _mark_cancelled(job.ctx.get("redis"), job.job_id, job.job_try)
+        return True, None
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()  # handled here (an enclosing asyncio.timeout counts only its own cancels)
+    return False, TimeoutError(
+        f"the try overran its {job.policy.timeout_seconds:g} s timeout "
+        f"(still running {elapsed:.1f} s after it began, cancelled)"
+    )
+
+
+async def _end_failed_try(job: JobTry, failure: Exception) -> BaseException:
+    """Retry (``Retry`` returned) or capture (the error to end the try with) a failed try.
+
+    The Redis trace and the capture run to their end even if arq cancels the try meanwhile (its
+    timeout): arq then finishes the job as failed, so a capture cut short was a job lost (the
+    chaos test's ``permanent_not_once``). Both bound their own duration."""
+    metrics: Metrics | None = job.ctx.get("metrics")
+    transient = is_transient(failure)
+    if transient and job.job_try < job.policy.max_tries:
+        delay = job.policy.backoff_seconds(job.job_try)
+        if metrics is not None:
+            metrics.inc(metrics.queue_jobs_failed_total, {**job.labels, "final": "false"})
+        log_event(
+            "WARNING",
+            "job_retry_scheduled",
+            queue=job.queue,
+            function=job.function,
+            job_id=job.job_id,
+            job_try=job.job_try,
+            max_tries=job.policy.max_tries,
+            retry_in_s=round(delay, 3),
+            error_type=type(failure).__name__,
+        )
+        await run_to_end(
+            record_retry(
+                job.ctx.get("redis"),
+                queue=job.queue,
+                job_id=job.job_id,
+                job_try=job.job_try,
+                max_tries=job.policy.max_tries,
+                delay_seconds=delay,
+                error_type=type(failure).__name__,
+                error_message=safe_message(failure),
+            )
+        )
+        return Retry(defer=delay)
+    if metrics is not None:
+        metrics.inc(metrics.queue_jobs_failed_total, {**job.labels, "final": "true"})
+    record = record_from_exception(
+        queue=job.queue,
+        job_id=job.job_id,
+        function=job.function,
+        args=job.args,
+        kwargs=job.kwargs,
+        exc=failure,
+        attempts=job.job_try,
+        reason="exhausted" if transient else "permanent",
+        enqueued_at=job.ctx.get("enqueue_time"),
+        correlation_id=job.correlation_id,
+        retry_of=job.retry_of,
+    )
+    await run_to_end(capture(job.ctx.get("db"), job.ctx.get("redis"), record, metrics))
+    if isinstance(failure, Retry):
+        # arq would retry a Retry forever past max_tries; end it as a plain failure.
+        return RuntimeError(f"retries exhausted after {job.job_try} tries")
+    return failure
 
 
 def _in_job_span(queue: str, name: str, run_job: JobFunction) -> WorkerCoroutine:

@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.dlq.capture import capture
+from shared.infra.cancellation import run_to_end
 from shared.infra.logs import log_event
 from shared.infra.metrics import Metrics
 from shared.infra.redis import RedisClient, cancelled_job_key, job_last_error_key, job_lost_tries_key
@@ -85,7 +86,9 @@ async def at_end_of_try(
     """The job ended (success or final failure) after vanished tries: forget them, so a job id
     used again later starts from zero. Nothing to do on the normal path."""
     if check.lost_tries and not job_goes_on:
-        await forget_lost_tries(redis, job_id)
+        # not cut short by arq's timeout either: its cancel here would turn a finished try
+        # (success or captured failure) into arq's "failed, TimeoutError"
+        await run_to_end(forget_lost_tries(redis, job_id))
 
 
 def initialise_metrics(metrics: Metrics, queue: str, functions: Iterable[str]) -> None:
@@ -181,6 +184,8 @@ async def quarantine(
         job_try=job_try,
         lost_tries=lost_tries,
     )
-    await capture(ctx.get("db"), ctx.get("redis"), record, metrics)
+    # To its end even if arq's own timeout cancels the try meanwhile: arq then finishes the job
+    # as failed, so a capture cut short is a job lost (see worker.failure).
+    await run_to_end(capture(ctx.get("db"), ctx.get("redis"), record, metrics))
     await forget_lost_tries(ctx.get("redis"), job_id)
     return PoisonJob(f"quarantined as poison: {detail}")

@@ -1,12 +1,12 @@
 """Enqueueing a job with a fixed id in one Redis round trip, refused when the id was used.
 
-The same check and writes as arq's ``ArqRedis.enqueue_job`` (refuse when ``arq:job:<id>`` or
-``arq:result:<id>`` exists; else the job payload with arq's expiry and the queue zset entry), in
-one Lua script instead of WATCH + EXISTS + MULTI/EXEC: atomic, and a third of the round trips.
-For the redrive executor, which enqueues up to thousands of replays a second
-(``shared.redrive_tasks.sending``: ``enqueue_unique_many``, the calls due together in one
-pipelined round trip); the payload is arq's own ``serialize_job`` with our serializer,
-so workers cannot tell the difference. Same return contract as ``shared.jobs.enqueue.enqueue_call``.
+``shared.jobs.enqueue``'s Lua script (the same check and writes as arq's ``ArqRedis.enqueue_job``,
+atomic, without the WATCH that turned a lost connection into "exists already"), with the queue
+given rather than looked up in the catalogue. For the redrive executor, which enqueues up to
+thousands of replays a second (``shared.redrive_tasks.sending``: ``enqueue_unique_many``, the
+calls due together in one pipelined round trip); the payload is arq's own ``serialize_job`` with
+our serializer, so workers cannot tell the difference. Same return contract as
+``shared.jobs.enqueue.enqueue_call``.
 """
 
 from __future__ import annotations
@@ -16,20 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix, result_key_prefix
-from arq.jobs import serialize_job
-from arq.utils import timestamp_ms
 
 from shared.infra.metrics import Metrics
 from shared.infra.redis import RedisClient
-from shared.jobs.enqueue import call_kwargs
-
-ENQUEUE_UNIQUE = """
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
-return 1
-"""
+from shared.jobs.enqueue import ENQUEUE_SCRIPT, call_kwargs, enqueue_script_args
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +35,11 @@ class UniqueCall:
 
 
 def _script_call(redis: ArqRedis, call: UniqueCall) -> list[Any]:
-    """``ENQUEUE_UNIQUE``'s key count, keys and arguments for ``call``, enqueued now."""
+    """``ENQUEUE_SCRIPT``'s key count, keys and arguments for ``call``, enqueued now."""
     job_kwargs = call_kwargs(call.args, call.kwargs, call.correlation_id)
-    now_ms = timestamp_ms()
-    payload = serialize_job(
-        call.function, tuple(call.args), job_kwargs, None, now_ms, serializer=redis.job_serializer
+    return enqueue_script_args(
+        redis, call.function, call.args, job_kwargs, job_id=call.job_id, queue=call.queue
     )
-    keys = [job_key_prefix + call.job_id, result_key_prefix + call.job_id, call.queue]
-    return [3, *keys, payload, redis.expires_extra_ms, call.job_id, now_ms]
 
 
 async def enqueue_unique(
@@ -69,7 +56,7 @@ async def enqueue_unique(
     """Enqueue now on ``queue``; the job id, or ``None`` when that id exists (nothing enqueued)."""
     call = UniqueCall(function, args, kwargs, job_id, queue, correlation_id)
     client: RedisClient = redis  # redis-py's eval is typed for both clients (shared.infra.redis)
-    created = await client.eval(ENQUEUE_UNIQUE, *_script_call(redis, call))
+    created = await client.eval(ENQUEUE_SCRIPT, *_script_call(redis, call))
     if not created:
         return None
     if metrics is not None:
@@ -88,7 +75,7 @@ async def enqueue_unique_many(
     client: RedisClient = redis
     pipe = client.pipeline(transaction=False)
     for call in calls:
-        pipe.eval(ENQUEUE_UNIQUE, *_script_call(redis, call))
+        pipe.eval(ENQUEUE_SCRIPT, *_script_call(redis, call))
     created = await pipe.execute()
     out: list[str | None] = []
     for call, ok in zip(calls, created, strict=True):

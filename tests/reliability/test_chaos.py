@@ -13,11 +13,13 @@ template (permanent) or a plain message (ok).
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -135,24 +137,32 @@ class ChaosCounts:
     enqueue_retries: int = 0
     redis_restarts: int = 0
     postgres_restarts: int = 0
+    # jobs whose first enqueue call answered "that id exists already": each id is new, so the job
+    # was not written (arq's WATCH-based enqueue said so of an enqueue a Redis restart cut)
+    exists_on_first_call: list[str] = field(default_factory=list)
 
 
 async def _enqueue_all(redis: Any, jobs: list[PlannedJob], counts: ChaosCounts) -> None:
     """Enqueue at an even pace over ``ENQUEUE_SECONDS``; a call that fails (Redis restarting) is
-    retried with the same job id, which arq de-duplicates."""
+    retried with the same job id, which ``enqueue`` de-duplicates: "exists already" (``None``)
+    is then the answer when the failed call had written the job, and never to a first call."""
     batch = 25
     pause = ENQUEUE_SECONDS / (len(jobs) / batch)
     for start in range(0, len(jobs), batch):
         for job in jobs[start : start + batch]:
+            first_call = True
             while True:
                 try:
-                    await enqueue(
+                    answer = await enqueue(
                         redis, job.function, job_id=job.job_id, correlation_id=job.job_id, **job.kwargs
                     )
                     break
                 except Exception:
                     counts.enqueue_retries += 1
+                    first_call = False
                     await asyncio.sleep(0.2)
+            if answer is None and first_call:
+                counts.exists_on_first_call.append(job.job_id)
             counts.enqueued += 1
         await asyncio.sleep(pause)
 
@@ -247,7 +257,7 @@ async def test_chaos_nothing_lost_nothing_twice() -> None:
                 codes = await asyncio.to_thread(fleet.stop)
                 await redis.aclose()
             assert codes == [0] * len(FLEET), fleet.output()
-        await _verify(servers, jobs, counts, fleet, smtp, results, chaos_s, drain_s)
+        await _verify(servers, jobs, counts, fleet, smtp, results, rejected, chaos_s, drain_s)
         assert not rejected, [entry[:600] for entry in rejected[:5]]
 
 
@@ -257,6 +267,17 @@ async def _arq_results(redis: Any, jobs: list[PlannedJob]) -> dict[str, dict[str
         pipe.get(f"arq:result:{job.job_id}")
     raw = await pipe.execute()
     return {job.job_id: orjson.loads(value) for job, value in zip(jobs, raw, strict=True) if value}
+
+
+def _arq_outcome(result: dict[str, Any] | None) -> str:
+    """arq's result record in one line: try, success, what it returned or raised, run time."""
+    if result is None:
+        return "none (never finished, or its result expired)"
+    ran = (result.get("ft") or 0) - (result.get("st") or 0)
+    return (
+        f"try={result.get('t')} success={result.get('s')} ran={ran / 1000:.2f}s "
+        f"result={orjson.dumps(result.get('r'), default=str).decode()[:300]}"
+    )
 
 
 async def _done_keys(conn: Any) -> dict[str, set[str]]:
@@ -277,6 +298,7 @@ async def _verify(
     fleet: WorkerFleet,
     smtp: Any,
     results: dict[str, dict[str, Any]],
+    rejected: list[bytes],
     chaos_s: float,
     drain_s: float,
 ) -> None:
@@ -342,10 +364,16 @@ async def _verify(
         f"chaos: providers unbalanced={unbalanced}, charges={charges} assignments={assignments}"
     )
     assert counts.enqueued == len(jobs) == 3000
+    assert not counts.exists_on_first_call, (
+        f"enqueue said 'exists already' of new ids: {counts.exists_on_first_call}"
+    )
     assert fleet.kills >= 10 and counts.redis_restarts == 1 and counts.postgres_restarts == 1
-    assert not missing, _trace(missing[:5], fleet, smtp)
-    assert not twice, _trace(twice[:5], fleet, smtp, dlq_rows)
-    assert not permanent_not_once, _trace(permanent_not_once[:3], fleet, smtp)
+    trace = functools.partial(
+        _trace, fleet=fleet, smtp=smtp, dlq_rows=dlq_rows, results=results, rejected=rejected
+    )
+    assert not missing, trace(missing[:5])
+    assert not twice, trace(twice[:5])
+    assert not permanent_not_once, trace(permanent_not_once[:5])
     assert all(row["reason"] for row in dlq_rows)
     # A transient failure never ends as "permanent" (chaos may exhaust its tries, nothing else).
     misjudged = [
@@ -357,14 +385,28 @@ async def _verify(
     assert unbalanced == 0 and charges == assignments
 
 
-def _trace(job_ids: list[str], fleet: WorkerFleet, smtp: Any, dlq_rows: Any = ()) -> str:
-    """What the workers logged about each job (and its DLQ row), to see where it was lost."""
+def _trace(
+    job_ids: list[str],
+    fleet: WorkerFleet,
+    smtp: Any,
+    dlq_rows: Any = (),
+    results: dict[str, dict[str, Any]] | None = None,
+    rejected: Sequence[bytes] = (),
+) -> str:
+    """What is known of each job, to see where it was lost or doubled: its DLQ rows (how many,
+    each reason), arq's result record (the last try's number and outcome: a final failure no DLQ
+    row explains was lost on its way to the DLQ) and what the workers logged about it."""
     lines = []
     for job_id in job_ids:
+        rows = [r for r in dlq_rows if r["job_id"] == job_id]
+        lines.append(f"{job_id}: {len(rows)} DLQ row(s)")
         lines.extend(
-            f"{job_id}: DLQ {r['reason']}: {r['error_type']}: {r['error_message'][:300]}"
-            for r in dlq_rows
-            if r["job_id"] == job_id
+            f"{job_id}: DLQ {r['reason']}: {r['error_type']}: {r['error_message'][:300]}" for r in rows
+        )
+        if results is not None:
+            lines.append(f"{job_id}: arq result {_arq_outcome(results.get(job_id))}")
+        lines.extend(
+            f"{job_id}: parked as refused: {entry[:500]!r}" for entry in rejected if job_id.encode() in entry
         )
         key = job_id.removeprefix("chaos-")
         logged = [

@@ -403,3 +403,56 @@ async def test_worker_sigterm_with_hung_redis_exits_in_bounded_time(servers: Own
     print(f"\nworker SIGTERM with Redis hung: exit {code} after {exit_s:.2f}s")
     assert code == 0, worker.output()[-3000:]
     assert exit_s < 10.0
+
+
+async def test_an_enqueue_cut_by_a_redis_restart_raises_or_leaves_its_job(servers: OwnServers) -> None:
+    """What lost a job in the chaos test: an enqueue whose connection a Redis restart cut must
+    raise (the caller retries) or have written the job; it must never answer ``None`` ("that id
+    exists already") for a job that is not there. arq's WATCH-based ``enqueue_job`` did: redis-py
+    reports the lost connection at EXEC as ``WatchError``, which arq takes for a concurrent
+    enqueue of the same id. Four enqueuers in a tight loop, as the chaos test's enqueuer retrying
+    a failed call under the same id, through three restarts (each cut an enqueue nearly always)."""
+    queue = "fmhl:test:enqueue-restart"
+    redis = create_redis(servers.redis_url, timeout_seconds=2)
+    answered: dict[str, str | None] = {}
+    failed_calls = 0
+    stop = asyncio.Event()
+
+    async def enqueuer(k: int) -> None:
+        nonlocal failed_calls
+        n = 0
+        while not stop.is_set():
+            job_id = f"restart-{k}-{n}"
+            while True:
+                try:
+                    answered[job_id] = await enqueue(
+                        redis, "send_email", job_id=job_id, queue=queue, to="a@example.test"
+                    )
+                    break
+                except Exception:
+                    failed_calls += 1
+                    await asyncio.sleep(0.05)
+            n += 1
+
+    try:
+        enqueuers = [asyncio.create_task(enqueuer(k)) for k in range(4)]
+        for _ in range(3):
+            await asyncio.sleep(0.5)
+            await servers.stop_redis()
+            await asyncio.sleep(0.2)
+            await servers.start_redis()
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*enqueuers)
+        pipe = redis.pipeline(transaction=False)
+        for job_id in answered:
+            pipe.zscore(queue, job_id)
+        queued = dict(zip(answered, await pipe.execute(), strict=True))
+    finally:
+        await redis.delete(queue, *(f"arq:job:{job_id}" for job_id in answered))
+        await redis.aclose()
+    said_exists = sorted(job_id for job_id, got in answered.items() if got is None)
+    print(f"\nenqueues {len(answered)}, failed calls {failed_calls}, answered 'exists' {said_exists}")
+    assert failed_calls > 0  # the restarts did cut enqueues
+    assert all(answered[job_id] in (job_id, None) for job_id in answered)
+    assert [job_id for job_id, score in queued.items() if score is None] == []
