@@ -20,7 +20,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC
 from typing import Any
 
@@ -319,7 +319,7 @@ class FmhlWorker(PausableWorker, LiveJobsWorker, ClaimingWorker, FinishBatchingW
         if error_type == "CancelledError":  # an operator's abort before the job started
             await record_abort_from_result(self.ctx, self.queue_name, job_id, result)
             return
-        if function_name == "<unknown>" and await self.pool.exists(job_ended_key(job_id)):
+        if function_name == "<unknown>" and await self._redis_says(self.pool.exists(job_ended_key(job_id))):
             return  # an operator cancelled it as this worker took it (shared.controls.actions)
         if function_name == "<unknown>":
             reason = (
@@ -329,7 +329,7 @@ class FmhlWorker(PausableWorker, LiveJobsWorker, ClaimingWorker, FinishBatchingW
             reason = "function_not_found"
         elif int(result.get("t") or 0) > max_tries:
             # its last try started and never finished: cancelled (marker) or its worker vanished
-            was_cancelled = await self.pool.exists(cancelled_job_key(job_id))
+            was_cancelled = await self._redis_says(self.pool.exists(cancelled_job_key(job_id)))
             reason = "max_tries_exceeded" if was_cancelled else "worker_lost"
         else:
             reason = "permanent"
@@ -344,7 +344,17 @@ class FmhlWorker(PausableWorker, LiveJobsWorker, ClaimingWorker, FinishBatchingW
                 {"queue": self.queue_name, "function": function_name, "final": "true"},
             )
         await capture(self.ctx.get("db"), self.pool, record, self.metrics)
-        await self.pool.delete(cancelled_job_key(job_id))
+        await self._redis_says(self.pool.delete(cancelled_job_key(job_id)))  # else it expires
+
+    async def _redis_says(self, lookup: Awaitable[int]) -> bool:
+        """A lookup that only refines the capture's reason: when Redis cannot answer (a blip while
+        arq finishes the job), the answer is "no" and the job is still captured (as worker_lost or
+        expired, never dropped: arq deletes the job right after this hook)."""
+        try:
+            return bool(await lookup)
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            log_event("WARNING", "dlq_silent_capture_lookup_failed", error_type=type(exc).__name__)
+            return False
 
 
 def build_worker(

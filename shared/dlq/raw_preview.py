@@ -21,6 +21,7 @@ import dataclasses
 
 import orjson
 from arq.constants import job_key_prefix
+from redis.exceptions import RedisError
 
 from shared.dlq.capture import FailureRecord
 from shared.infra.redis import RedisClient
@@ -59,8 +60,12 @@ def undecodable_payload(raw: bytes) -> tuple[str, str]:
 
 async def with_raw_preview(redis: RedisClient, job_id: str, record: FailureRecord) -> FailureRecord:
     """``record`` with the preview of the job's body, read from arq's job key (still there: arq
-    deletes it after the silent path). A body gone meanwhile leaves the record as it was."""
-    raw = await redis.get(job_key_prefix + job_id)
+    deletes it after the silent path). A body gone meanwhile, or Redis not answering, leaves the
+    record as it was: the capture goes on without the preview."""
+    try:
+        raw = await redis.get(job_key_prefix + job_id)
+    except (RedisError, OSError, TimeoutError):
+        return record
     if not raw:
         return record
     omitted, preview = undecodable_payload(bytes(raw))

@@ -235,3 +235,37 @@ async def test_capture_falls_back_to_the_spool_then_to_the_log(
     assert '"event":"dlq_capture_lost_to_log"' in out
     assert '"postgres_error":"postgres unavailable: no database in this process"' in out
     assert '"job_id":"spool-1"' in out and '"stack_trace"' in out and "boom 7" in out
+
+
+async def test_a_try_lost_with_its_worker_is_captured_even_when_redis_cannot_answer_the_lookup(
+    settings: Settings, clean_db: Any
+) -> None:
+    """arq deletes a job right after ``finish_failed_job``: a Redis lookup that only refines the
+    reason (was it an operator's cancel?) failing must not drop the capture."""
+    from arq.jobs import serialize_result
+
+    from shared.infra.redis import serialize_job
+    from worker.fmhl_worker import build_worker
+
+    async def fine(ctx: dict[str, Any]) -> None:
+        return None
+
+    dead_redis = create_redis("redis://127.0.0.1:1/0", timeout_seconds=0.5)
+    worker = build_worker(
+        QUEUE,
+        settings,
+        functions=[_job(fine)],
+        redis=dead_redis,
+        ctx={"db": Database.from_pool(settings, clean_db)},
+    )
+    now_ms = int(time.time() * 1000)
+    result = serialize_result(
+        "fine", (), {"n": 1}, 99, now_ms, False, RuntimeError("gone"), now_ms, now_ms, "lost-1:fine", QUEUE,
+        "lost-1", serializer=serialize_job,
+    )  # fmt: skip
+    try:
+        await worker._capture_silent_failure("lost-1", result)
+    finally:
+        await dead_redis.aclose()
+    rows = await _dlq_rows(clean_db)
+    assert [(r["job_id"], r["reason"]) for r in rows] == [("lost-1", "worker_lost")]
