@@ -11,6 +11,12 @@ Modes (``WORKER_MAX_JOBS`` and ``WORKER_POLL_DELAY_SECONDS`` from the environmen
 Both baselines use our orjson job serializer (the wire format is a contract, not overhead) and log
 nothing per job (arq's logger is silenced): the cheapest each can be. On start-up each process sets
 ``bench:ready:<pid>`` so the bench knows it is polling.
+
+SIGTERM: arq's own handler (cancel the jobs and ``Worker.main`` once), then the main task is
+cancelled again until it is done, as our worker's shutdown does (``cancel_until_done``). arq's
+single cancel is sometimes lost: seen here, ``Worker.main`` stayed "cancelling" in
+``_poll_iteration`` with no job left, until the bench's stop SIGKILLed it 15 s later (one storm
+round in ten or so, 15 s of ``make test`` each time). Shutdown only: outside every measured window.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 import traceback
 import uuid
@@ -29,6 +36,7 @@ import orjson
 from arq.worker import Worker, func
 
 from bench.worker_proc import IO_JOB_SECONDS
+from shared.infra.cancellation import cancel_until_done
 from shared.infra.redis import create_redis, deserialize_job, serialize_job
 
 READY_KEY_PREFIX = "bench:ready:"
@@ -122,7 +130,18 @@ async def _run(mode: str, queue: str) -> None:
         on_startup=startup,
         on_shutdown=shutdown,
     )
-    worker.main_task = asyncio.ensure_future(worker.main())
+    main_task = asyncio.ensure_future(worker.main())
+    worker.main_task = main_task
+    stopping: list[asyncio.Task[bool]] = []
+
+    def on_sigterm() -> None:
+        worker.handle_sig(signal.SIGTERM)
+        if not stopping:
+            stopping.append(
+                asyncio.ensure_future(cancel_until_done(main_task, timeout=10, name="arq-baseline"))
+            )
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
         await worker.main_task
     except asyncio.CancelledError:

@@ -324,8 +324,51 @@ MUTATIONS = [
 ]
 
 
+TEST_ITEM = re.compile(r"^  - ", re.MULTILINE)
+
+
+def _tests_mentioning(text: str, alert: str) -> str:
+    """The rule-test file ``text`` with only the test items (``tests:`` entries) that mention
+    ``alert``, each item's text (and the comments above it) kept byte for byte.
+
+    Why: promtool evaluates every rule over each item's whole time range, so running a file's
+    other items costs seconds per mutant and can prove nothing about ``alert``: only an item with
+    an ``alertname: <alert>`` check can fail with that name, which is what the mutation test asks.
+    The cut is textual (no re-serialisation that could change a test); that it kept exactly the
+    items the YAML holds is checked against the parsed file.
+    """
+    head, marker, body = text.partition("\ntests:\n")
+    assert marker, "a rule-test file has a top-level tests: list"
+    starts = [match.start() for match in TEST_ITEM.finditer(body)]
+    chunks = [body[: starts[0]]] + [body[a:b] for a, b in zip(starts, [*starts[1:], len(body)], strict=True)]
+    # a comment block above an item belongs to that item: move trailing comment lines forward
+    items: list[str] = []
+    carried = chunks[0]
+    for chunk in chunks[1:]:
+        lines = chunk.splitlines(keepends=True)
+        cut = len(lines)
+        while cut > 1 and lines[cut - 1].lstrip().startswith("#"):
+            cut -= 1
+        items.append(carried + "".join(lines[:cut]))
+        carried = "".join(lines[cut:])
+    kept = [
+        item
+        for item in items
+        if alert
+        in "".join(line for line in item.splitlines(keepends=True) if not line.lstrip().startswith("#"))
+    ]
+    filtered = head + marker + "".join(kept)
+    parsed = yaml.safe_load(text)
+    assert yaml.safe_load(filtered) == {
+        **parsed,
+        "tests": [item for item in parsed["tests"] if alert in yaml.safe_dump(item, width=1000)],
+    }, "the textual cut kept other items than the parsed file holds"
+    return filtered
+
+
 def _write_mutant(root: Path, mutation: Mutation | None) -> list[Path]:
-    """Copy the rules (mutated) and the rule tests that exercise the alert into ``root``."""
+    """Copy the rules (mutated) and the rule tests that exercise the alert into ``root`` (for a
+    mutation, only the test items that mention its alert: ``_tests_mentioning``)."""
     rules = load_rules()
     if mutation is not None:
         (rule,) = [rule for rule in alert_rules(rules) if rule["alert"] == mutation.alert]
@@ -335,9 +378,12 @@ def _write_mutant(root: Path, mutation: Mutation | None) -> list[Path]:
     copied = []
     for path in rule_test_files():
         text = path.read_text()
-        if mutation is None or f"alertname: {mutation.alert}\n" in text:
+        if mutation is None:
             copied.append(root / "tests" / path.name)
             copied[-1].write_text(text)
+        elif f"alertname: {mutation.alert}\n" in text:
+            copied.append(root / "tests" / path.name)
+            copied[-1].write_text(_tests_mentioning(text, mutation.alert))
     return copied
 
 
