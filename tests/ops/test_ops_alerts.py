@@ -347,6 +347,7 @@ def test_rewritten_rules_are_unchanged(tmp_path: Path) -> None:
     assert yaml.safe_load((tmp_path / "prometheus-rules.yml").read_text()) == load_rules()
 
 
+@pytest.mark.serial  # CPU-bound: promtool over every mutant, 4 at a time, each call within 60 s
 def test_rule_tests_catch_mutated_rules(tmp_path: Path) -> None:
     """Each mutation keeps the rules valid (promtool check rules) but must fail promtool test rules."""
 
