@@ -57,12 +57,12 @@ typecheck: $(VENV)/.dev
 PYTEST_WORKERS ?= 3
 PYTEST_ARGS ?=
 pytest: $(VENV)/.dev tools
-	@status=0; \
-	echo "== pytest phase 1 of 2: not serial, $(PYTEST_WORKERS) workers"; \
-	$(BIN)/pytest -m "not serial" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || status=1; \
-	echo "== pytest phase 2 of 2: serial, alone"; \
-	$(BIN)/pytest -m serial -p no:xdist $(PYTEST_ARGS) || status=1; \
-	exit $$status
+	@echo "== pytest phase 1 of 2: tests not marked serial, $(PYTEST_WORKERS) workers"; \
+	$(BIN)/pytest -m "not serial" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); parallel=$$?; \
+	echo "== pytest phase 2 of 2: tests marked serial, alone"; \
+	$(BIN)/pytest -m serial -p no:xdist $(PYTEST_ARGS); serial=$$?; \
+	echo "== pytest exit codes: parallel phase $$parallel, serial phase $$serial (0 = passed)"; \
+	[ $$parallel = 0 ] && [ $$serial = 0 ]
 
 test: lint typecheck pytest
 

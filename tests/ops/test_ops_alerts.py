@@ -85,6 +85,7 @@ def test_promtool_check_rules() -> None:
     assert "SUCCESS" in result.stdout
 
 
+@pytest.mark.serial  # CPU-bound: promtool runs every rule test file, within 60 s
 def test_promtool_test_rules() -> None:
     files = rule_test_files()
     assert files, "no rule tests in alerts/tests"
