@@ -53,7 +53,9 @@ typecheck: $(VENV)/.dev
 #    its own Postgres database and its own Redis (tests/infra.py), whole files per worker
 #    (module fixtures such as the image build run once);
 # 2. the tests marked `serial` (CPU-heavy, or asserting a latency, rate or deadline), alone.
-# Three workers measured fastest on 2 cores (much of the suite waits on processes and sleeps).
+# Three workers measured fastest on 2 cores (much of the suite waits on processes and sleeps):
+# phase 1 took 240 s with -n 3 and 302 s with -n 2 back to back (load 2-5 from other runs);
+# -n 4 took 467 s under load 9-13 and timed promtool out.
 PYTEST_WORKERS ?= 3
 PYTEST_ARGS ?=
 pytest: $(VENV)/.dev tools
