@@ -9,6 +9,12 @@
 Each run creates its own database ``fmhl_test_<random>``, migrates it with the production
 runner, and drops it at the end. Redis: a server of our own uses db 0; a shared one given by
 ``TEST_REDIS_URL`` uses the db index in the URL (default 9). Tests flush it per test.
+
+Under pytest-xdist (``make pytest``'s parallel phase) every worker is its own session, so each
+makes its own database (on the shared server, or on an embedded Postgres of its own). Redis is
+different: tests flush their db per test and read server-wide state (every key of the db, the
+queues), so workers cannot share one db. A worker therefore never uses ``TEST_REDIS_URL``: it
+starts a Redis of its own (a container or the embedded one, ~50 ms) and stops it by PID.
 """
 
 from __future__ import annotations
@@ -43,10 +49,15 @@ class Backends:
     source: str
 
 
+def xdist_worker() -> str | None:
+    """``gw0``, ``gw1`` … inside a pytest-xdist worker; None in a plain run."""
+    return os.environ.get("PYTEST_XDIST_WORKER") or None
+
+
 @contextlib.contextmanager
 def backends() -> Iterator[Backends]:
     pg_env = os.environ.get("TEST_DATABASE_URL")
-    redis_env = os.environ.get("TEST_REDIS_URL")
+    redis_env = None if xdist_worker() else os.environ.get("TEST_REDIS_URL")
     with contextlib.ExitStack() as stack:
         stack.callback(prune_stale_shadows)  # last: embedded Postgres data of deleted temp dirs
         sources = []

@@ -16,7 +16,8 @@ from bench.__main__ import CASES, run_cases, table
 from bench.common import SCALES, meets, percentile, quiet_stdout
 from tests.infra import Backends
 
-pytestmark = pytest.mark.e2e
+# serial: runs every bench case: CPU-heavy, and its rates are what it reports
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 
 def test_targets_and_percentiles() -> None:

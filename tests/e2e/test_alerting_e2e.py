@@ -80,6 +80,9 @@ ADMIN_EMAIL = "oncall@example.test"
 ADMIN_PASSWORD = "e2e-alerting-password"
 
 pytestmark = [
+    # serial: ten processes on 1 s scrape and evaluation, Watchdog gaps <= 8 s and alerts within
+    # bounds; under parallel load the billing-failure metric once never appeared (job/cron ordering)
+    pytest.mark.serial,
     pytest.mark.timeout(180),
     pytest.mark.skipif(
         not all(os.access(p, os.X_OK) for p in (PROMETHEUS, ALERTMANAGER, REDIS_EXPORTER)),

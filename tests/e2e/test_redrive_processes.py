@@ -26,6 +26,9 @@ from tests.e2e.test_queue_pause_processes import _wait_for
 from tests.procs import Proc
 from tests.smtp import RecordingSmtp, smtp_env, smtp_server
 
+# serial: asserts delivery within a rate (100/s) and lease takeover timing
+pytestmark = pytest.mark.serial
+
 FAST_FAILURE = orjson.dumps({"send_email": {"max_tries": 1}}).decode()
 
 

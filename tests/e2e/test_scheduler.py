@@ -9,9 +9,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
+import pytest
 
 from tests.procs import Proc, base_env
 from worker.cron import CRON_NAMES
+
+# serial: two schedulers must run every 1 s tick for 7 s: a loaded machine misses ticks
+pytestmark = pytest.mark.serial
 
 RUN_SECONDS = 7
 

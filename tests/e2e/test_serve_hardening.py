@@ -62,6 +62,7 @@ def served(database_url: str, redis_url: str, mfa_key: str, clean_db: Any) -> It
     assert "Traceback" not in proc.output(), proc.output()[-3000:]
 
 
+@pytest.mark.serial  # compares login latency during a burst with a baseline
 async def test_a_login_burst_from_one_address_does_not_hold_up_another_address(
     served: str, clean_db: Any, mfa_key: str
 ) -> None:

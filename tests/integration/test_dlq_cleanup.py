@@ -24,6 +24,7 @@ FROM dead_letter_queue
 """
 
 
+@pytest.mark.serial  # inserts during the cleanup must each take under 1 s
 async def test_deletes_only_resolved_past_retention_without_blocking_inserts(clean_db: Any) -> None:
     async with clean_db.acquire() as conn:
         now = await conn.fetchval("SELECT now()")

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
 from arq.constants import in_progress_key_prefix
 
 from shared.infra.config import Settings
@@ -128,6 +129,7 @@ async def test_our_workers_and_plain_arq_workers_share_a_queue_each_job_once(
     assert plain.jobs_complete > 0, "both kinds took jobs"
 
 
+@pytest.mark.serial  # 200 jobs must finish in under 3 s
 async def test_a_full_worker_keeps_starting_jobs_within_one_poll(
     settings: Settings, clean_db: Any, redis: Any
 ) -> None:

@@ -188,6 +188,7 @@ async def test_queue_stats_reject_query_parameters_and_need_an_admin(
     )
 
 
+@pytest.mark.serial  # asserts the answer within the stats timeout + 2 s
 async def test_redis_stopped_mid_test_gives_503_and_the_gauges_keep_their_last_values(
     settings_with_key: Settings, clean_db: Any, tmp_path: Path
 ) -> None:
@@ -231,6 +232,7 @@ async def test_postgres_unreachable_gives_503(settings_with_key: Settings, redis
     _assert_unavailable(response, "postgres")
 
 
+@pytest.mark.serial  # asserts the answer between the stats timeout - 0.2 s and + 2 s
 async def test_postgres_hanging_on_the_dlq_gives_503_not_zeros(
     settings_with_key: Settings, clean_db: Any, redis: Any, database_url: str
 ) -> None:
@@ -257,6 +259,7 @@ async def test_postgres_hanging_on_the_dlq_gives_503_not_zeros(
         await asyncio.wait_for(locker.close(), timeout=5)
 
 
+@pytest.mark.serial  # asserts the answer within the stats timeout + 1.5 s
 async def test_redis_hanging_gives_503_within_the_stats_timeout(
     settings_with_key: Settings, clean_db: Any
 ) -> None:

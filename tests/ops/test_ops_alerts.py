@@ -85,6 +85,7 @@ def test_promtool_check_rules() -> None:
     assert "SUCCESS" in result.stdout
 
 
+@pytest.mark.serial  # CPU-bound: promtool runs every rule test file, within 60 s
 def test_promtool_test_rules() -> None:
     files = rule_test_files()
     assert files, "no rule tests in alerts/tests"
@@ -393,6 +394,7 @@ def test_rewritten_rules_are_unchanged(tmp_path: Path) -> None:
     assert yaml.safe_load((tmp_path / "prometheus-rules.yml").read_text()) == load_rules()
 
 
+@pytest.mark.serial  # CPU-bound: promtool over every mutant, 4 at a time, each call within 60 s
 def test_rule_tests_catch_mutated_rules(tmp_path: Path) -> None:
     """Each mutation keeps the rules valid (promtool check rules) but must fail promtool test rules."""
 

@@ -126,6 +126,7 @@ async def test_passwords_use_owasp_cost_and_older_hashes_are_upgraded_on_login(
     print(f"\nscrypt N=2^17 r=8 p=1: {cost * 1000:.0f} ms per hash; legacy N=2^14 hash upgraded on login")
 
 
+@pytest.mark.serial  # compares median login costs within 20 %
 async def test_unknown_email_costs_what_a_wrong_password_costs(
     keyed: Settings, clean_db: Any, app_client: tuple[Starlette, httpx.AsyncClient]
 ) -> None:

@@ -49,7 +49,8 @@ from tests.reliability.support import (
     worker_env,
 )
 
-pytestmark = pytest.mark.e2e
+# serial: kills and restarts a fleet under load; CPU-heavy, its own timeouts assume a quiet machine
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 CHAOS_SECONDS = 60.0
 ENQUEUE_SECONDS = 55.0

@@ -34,7 +34,8 @@ from tests.procs import Proc, wait_http
 from tests.reliability.support import OwnServers, own_servers, summary, wait_until, worker_env
 from worker.failure import is_transient
 
-pytestmark = pytest.mark.e2e
+# serial: stops and hangs its own Postgres/Redis and asserts recovery within seconds
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 OUTAGE_SECONDS = 10.0
 HANG_SECONDS = 6.0

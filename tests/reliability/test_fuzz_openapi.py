@@ -42,6 +42,9 @@ from shared.infra.config import Settings
 from tests.factories import create_admin, create_admin_session, create_dlq_entry
 from tests.procs import Proc, base_env, wait_http
 
+# serial: schemathesis: CPU-bound for ~40 s
+pytestmark = pytest.mark.serial
+
 MIN_CASES = 1000
 # ~1,400 cases over the 30 operations: above the 1,000 with room as operations come and go
 # (48 gave 2,595 cases in 64 s of the suite's time).

@@ -26,7 +26,8 @@ from tests.procs import Proc, base_env, wait_http
 from tests.reliability.support import summary, wait_until
 from tests.smtp import smtp_server
 
-pytestmark = pytest.mark.e2e
+# serial: drain windows of 0.2 s margins and SIGTERM under load
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 RUNNING_JOBS = 10
 QUEUED_BEHIND = 5

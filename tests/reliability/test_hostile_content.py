@@ -49,6 +49,9 @@ from tests.reliability.support import percentile
 from tests.worker_support import job, run_burst
 from worker.failure_records import record_from_exception
 
+# serial: capture time and capture lag bounds (< 2 s), event-loop stalls (< 1 s)
+pytestmark = pytest.mark.serial
+
 QUEUE = EMAIL_SEND
 MB = 1024 * 1024
 BASE = "/api/v1/admin/queues/dlq"

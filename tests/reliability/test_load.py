@@ -30,6 +30,9 @@ from tests.factories import create_admin, create_admin_session
 from tests.procs import Proc, base_env, wait_http
 from tests.reliability.support import percentile
 
+# serial: fifty clients for a minute with latency percentiles: needs both cores
+pytestmark = pytest.mark.serial
+
 CLIENTS = 50
 DURATION_SECONDS = 60.0
 WARMUP_SECONDS = 5.0

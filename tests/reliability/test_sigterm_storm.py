@@ -27,7 +27,8 @@ from shared.jobs.queues import EMAIL_SEND
 from tests.procs import Proc, base_env
 from tests.reliability.support import wait_until
 
-pytestmark = pytest.mark.e2e
+# serial: a storm of 50 worker processes, each asserted to exit within a bound
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 ROUNDS = 10
 PROCESSES = 5

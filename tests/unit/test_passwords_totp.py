@@ -128,7 +128,12 @@ def test_missing_or_bad_mfa_key_is_a_config_error_naming_it() -> None:
         totp.mfa_cipher(dataclasses.replace(SETTINGS, mfa_encryption_key="not-a-fernet-key"))
 
 
-@pytest.mark.parametrize("value", ["short", "x" * 44, "é" * 44, Fernet.generate_key().decode()[:-2]])
+@pytest.mark.parametrize(
+    "value",
+    ["short", "x" * 44, "é" * 44, Fernet.generate_key().decode()[:-2]],
+    # fixed ids: pytest-xdist workers must collect the same names (the last value is random)
+    ids=["short", "ascii_44", "non_ascii_44", "truncated_fernet_key"],
+)
 def test_load_settings_rejects_a_bad_key_without_echoing_it(value: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings({"MFA_ENCRYPTION_KEY": value})
