@@ -355,7 +355,10 @@ def domain_traffic(stack: Stack) -> dict[str, Any]:
 
     async def setup(conn: Any, redis: Any) -> dict[str, Any]:
         providers = [await create_provider(conn, balance=Decimal("100.00")) for _ in range(2)]
-        corrupted = await create_provider(conn, balance=Decimal("100.00"))
+        # Not eligible for leads (its price is above its balance): with it, four providers could
+        # compete for a lead's three places once the dormant one is reactivated, and the first
+        # provider (whose stale assignment makes the billing failure) was sometimes not picked.
+        corrupted = await create_provider(conn, balance=Decimal("100.00"), lead_price=Decimal("1000.00"))
         await conn.execute("UPDATE providers SET balance = balance + 50 WHERE id = $1", corrupted)
         dormant = await create_provider(
             conn, status="inactive", inactive_reason="insufficient_balance", balance=Decimal("100.00")
