@@ -34,7 +34,7 @@ from shared.redrive_tasks.model import (
 MAX_IDS = 100_000
 SAMPLE_SIZE = 10
 # Entries per frozen chunk: ~100 rows for a 100,000-entry group at creation; the executor turns one
-# chunk into items at a time (a batch is at most 500 sends), ~5 ms each.
+# chunk into items at a time (a batch is at most 500 sends).
 CHUNK_SIZE = 1000
 FILTER_FIELDS = ("queue", "fingerprint", "function", "error_type", "failed_from", "failed_to")
 
@@ -182,8 +182,9 @@ RETURNING {TASK_COLUMNS}
 # level's aggregates presorted for one of them, so the input order of a plain array_agg is not
 # to be relied on; a DISTINCT beside it reordered it), then cut into CHUNK_SIZE slices (O(1)
 # each: uuids are fixed-length). The selection's distinct queues come from a hashed DISTINCT.
-# Measured at 100,000 entries: the selection's own scan plus ~15 %; the window-numbered, grouped
-# version took 1.3x that, one items row per entry 2.2x.
+# Measured at 100,000 entries (bench/redrive_case.py, quiet): creation 1.2-1.4x a bare count(*) of
+# the group; the window-numbered, grouped version ~1.4-1.5x the selection's scan, one items row
+# per entry 2.2x the count(*).
 FREEZE_SELECTION = f"""
 WITH picked AS MATERIALIZED ({PICKED}),
 selected AS (
